@@ -1,0 +1,1 @@
+"""Admin HTTP: health and metrics now; the REST API grows here."""

@@ -1,0 +1,168 @@
+"""Command line: `extproc serve | up | validate | envoy render`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from extproc import __version__
+from extproc.config import Config, ConfigError, dump_config, load_config, parse_scalar
+
+# CLI flags that are shortcuts for config paths; `--set PATH=VALUE` reaches the rest.
+_FLAG_PATHS = {
+    "upstream": "envoy.upstream_url",
+    "envoy_port": "envoy.listen_port",
+    "envoy_admin_port": "envoy.admin_port",
+    "grpc_port": "server.grpc_port",
+    "admin_port": "server.admin_port",
+    "failure_mode": "server.failure_mode",
+}
+
+
+def _add_config_args(parser: argparse.ArgumentParser, *flags: str) -> None:
+    parser.add_argument(
+        "--config", "-c", type=Path, default=os.environ.get("EXTPROC_CONFIG"),
+        help="YAML config file (default: $EXTPROC_CONFIG; none: built-in defaults)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="PATH=VALUE",
+        help="override one setting, e.g. --set pii.action=alert_and_redact (repeatable)",
+    )  # fmt: skip
+    helps = {
+        "upstream": "LLM upstream URL (default: start the demo upstream)",
+        "envoy_port": "Envoy listener port (default 10000)",
+        "envoy_admin_port": "Envoy admin port (default 9901)",
+        "grpc_port": "ext_proc gRPC port (default 50051)",
+        "admin_port": "extproc admin HTTP port (default 8081)",
+        "failure_mode": "open: pass traffic when extproc fails; closed: refuse it",
+    }
+    for flag in flags:
+        kind: Any = str if flag in ("upstream", "failure_mode") else int
+        parser.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, help=helps[flag])
+
+
+def _overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for item in args.sets:
+        path, sep, value = item.partition("=")
+        if not sep or not path.strip():
+            raise ConfigError([f"--set {item!r}: expected PATH=VALUE"])
+        out.append((path.strip(), parse_scalar(value)))
+    for flag, path in _FLAG_PATHS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            out.append((path, value))
+    return out
+
+
+def _resolve(args: argparse.Namespace) -> Config:
+    return load_config(args.config, overrides=_overrides(args))
+
+
+def _setup_logging(config: Config) -> None:
+    fmt = (
+        '{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}'
+        if config.logging.format == "json"
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.basicConfig(level=config.logging.level.upper(), format=fmt, stream=sys.stderr)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    config = _resolve(args)
+    sys.stdout.write(dump_config(config))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    config = _resolve(args)
+    _setup_logging(config)
+    from extproc.server.app import serve
+
+    asyncio.run(serve(config))
+    return 0
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    config = _resolve(args)
+    _setup_logging(config)
+    from extproc.stack import run_stack
+
+    demo_port = None
+    if args.upstream is None:
+        demo_port = args.demo_port
+        config = config.model_copy(
+            update={
+                "envoy": config.envoy.model_copy(
+                    update={"upstream_url": f"http://127.0.0.1:{demo_port}"}
+                )
+            }
+        )
+    return asyncio.run(run_stack(config, demo_port=demo_port))
+
+
+def _cmd_envoy_render(args: argparse.Namespace) -> int:
+    from extproc.envoy_config import render_yaml
+
+    text = render_yaml(_resolve(args))
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="extproc", description="LLM security for Envoy.")
+    parser.add_argument("--version", action="version", version=f"extproc {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the ext_proc gRPC server and the admin HTTP API")
+    _add_config_args(serve, "grpc_port", "admin_port", "failure_mode")
+    serve.set_defaults(func=_cmd_serve)
+
+    up = sub.add_parser("up", help="run Envoy + extproc + a demo LLM upstream locally")
+    _add_config_args(up, "upstream", "envoy_port", "envoy_admin_port", "grpc_port", "admin_port",
+                     "failure_mode")  # fmt: skip
+    up.add_argument("--demo-port", type=int, default=18080, help="demo upstream port (18080)")
+    up.set_defaults(func=_cmd_up)
+
+    validate = sub.add_parser("validate", help="print the resolved config, or every error")
+    _add_config_args(validate)
+    validate.set_defaults(func=_cmd_validate)
+
+    envoy = sub.add_parser("envoy", help="Envoy configuration")
+    envoy_sub = envoy.add_subparsers(dest="envoy_command", required=True)
+    render = envoy_sub.add_parser("render", help="print the Envoy config matching this config")
+    _add_config_args(render, "upstream", "envoy_port", "envoy_admin_port", "grpc_port",
+                     "failure_mode")  # fmt: skip
+    render.add_argument("--output", "-o", type=Path, help="write to a file instead of stdout")
+    render.set_defaults(func=_cmd_envoy_render)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `extproc` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        where = f" {args.config}" if getattr(args, "config", None) else ""
+        print(f"extproc: invalid configuration{where}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

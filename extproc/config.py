@@ -1,0 +1,306 @@
+"""Typed configuration: defaults → YAML file → environment → CLI flags (highest last).
+
+Field names follow the LLMTrace config guide where the concept exists
+(`enable_security_analysis`, `security_analysis_timeout_ms`, `enforcement`, `pii.action`,
+`output_safety.enabled`, `logging.*`); ext_proc specifics live under `server` and `envoy`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+)
+
+from extproc.detect.findings import Severity
+
+ENV_PREFIX = "EXTPROC_"
+ENV_NESTING = "__"
+# Variables the process reads itself, never part of the config tree.
+_ENV_NOT_CONFIG = {"EXTPROC_CONFIG"}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+SeverityLevel = Annotated[
+    Severity, BeforeValidator(Severity.parse), PlainSerializer(str, return_type=str)
+]
+
+
+class ServerConfig(_Section):
+    """The gRPC ext_proc server and the admin HTTP server."""
+
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = Field(50051, ge=1, le=65535)
+    admin_host: str = "127.0.0.1"
+    admin_port: int = Field(8081, ge=1, le=65535)
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Server processes, on ports grpc_port .. grpc_port+workers-1. Envoy gets one "
+        "endpoint per worker and balances streams across them (SO_REUSEPORT would not: Envoy "
+        "keeps one HTTP/2 connection per worker thread).",
+    )
+    failure_mode: Literal["open", "closed"] = Field(
+        "closed",
+        description="open: when extproc is down or errors, requests pass unanalysed; "
+        "closed: they get a 5xx JSON error.",
+    )
+    max_request_size_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_response_size_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    grace_seconds: float = Field(5.0, ge=0, description="Drain time for open streams on shutdown.")
+
+
+class EnvoyConfig(_Section):
+    """How `extproc up` runs Envoy and how the Envoy config is rendered."""
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(10000, ge=1, le=65535)
+    admin_port: int = Field(9901, ge=1, le=65535)
+    upstream_url: str = Field("http://127.0.0.1:18080", description="The LLM provider or gateway.")
+    concurrency: int = Field(2, ge=1, le=64)
+    message_timeout_ms: int | None = Field(
+        None,
+        ge=10,
+        description="Envoy's wait per ext_proc message; default security_analysis_timeout_ms+500.",
+    )
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
+
+class SecurityAnalysisConfig(_Section):
+    """Detector settings (ML keys arrive with the ML ensemble)."""
+
+    rule_files: list[Path] = Field(
+        default_factory=list,
+        description="Rule pack YAML files; empty means every bundled policies/rules/*.yaml.",
+    )
+    scan_unknown_paths: bool = Field(
+        False,
+        description="Scan the raw body of requests to paths no dialect knows (else pass through).",
+    )
+
+
+class CategoryEnforcement(_Section):
+    """Per finding type (or category) action, overriding the global mode."""
+
+    finding_type: str
+    action: Literal["block", "flag", "log"]
+
+
+class EnforcementConfig(_Section):
+    """What happens to a request whose findings reach the thresholds (seed 004's shape)."""
+
+    mode: Literal["block", "flag", "log"] = "block"
+    min_severity: SeverityLevel = Severity.HIGH
+    min_confidence: float = Field(0.5, ge=0.0, le=1.0)
+    categories: list[CategoryEnforcement] = Field(default_factory=list)
+    block_status_code: int = Field(403, ge=400, le=599)
+
+
+class PiiConfig(_Section):
+    """PII handling on requests (and on responses when output_safety is on)."""
+
+    action: Literal["alert_only", "alert_and_redact", "redact_silent"] = "alert_only"
+
+
+class OutputSafetyConfig(_Section):
+    """Checks on buffered (non-streaming) responses."""
+
+    enabled: bool = True
+    redact_secrets: bool = Field(True, description="Replace secrets in responses with tags.")
+
+
+class LoggingConfig(_Section):
+    """Log level and format."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+class Config(_Section):
+    """The whole extproc configuration."""
+
+    enable_security_analysis: bool = True
+    security_analysis_timeout_ms: int = Field(5000, ge=1)
+    security_analysis: SecurityAnalysisConfig = Field(default_factory=SecurityAnalysisConfig)
+    enforcement: EnforcementConfig = Field(default_factory=EnforcementConfig)
+    pii: PiiConfig = Field(default_factory=PiiConfig)
+    output_safety: OutputSafetyConfig = Field(default_factory=OutputSafetyConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    envoy: EnvoyConfig = Field(default_factory=EnvoyConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @property
+    def envoy_message_timeout_ms(self) -> int:
+        """Envoy's per-message timeout: longer than the analysis budget, so we answer first."""
+        if self.envoy.message_timeout_ms is not None:
+            return self.envoy.message_timeout_ms
+        return self.security_analysis_timeout_ms + 500
+
+
+class ConfigError(Exception):
+    """Every problem found in a configuration, each with its path."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def load_config(
+    path: Path | str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Iterable[tuple[str, Any]] = (),
+) -> Config:
+    """Resolve the configuration from a file, EXTPROC_* variables and CLI overrides."""
+    problems: list[str] = []
+    tree: dict[str, Any] = {}
+    if path is not None:
+        tree = _read_yaml(Path(path), problems)
+    env = os.environ if environ is None else environ
+    for dotted, value, origin in _env_overrides(env):
+        _set_dotted(tree, dotted, value, origin, problems)
+    for dotted, value in overrides:
+        _set_dotted(tree, dotted, value, "command line", problems)
+    try:
+        config = Config.model_validate(tree)
+    except ValidationError as exc:
+        problems.extend(_describe(exc))
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def parse_scalar(text: str) -> Any:
+    """Interpret an env var or `--set` value as YAML (so `true`, `5`, `[a, b]` work)."""
+    try:
+        return yaml.safe_load(text) if text.strip() else text
+    except yaml.YAMLError:
+        return text
+
+
+def _read_yaml(path: Path, problems: list[str]) -> dict[str, Any]:
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        problems.append(f"{path}: cannot read: {exc.strerror or exc}")
+        return {}
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problems.append(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}")
+        return {}
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        problems.append(f"{path}: the top level must be a mapping, not {type(data).__name__}")
+        return {}
+    return data
+
+
+def _env_overrides(environ: Mapping[str, str]) -> list[tuple[str, Any, str]]:
+    found = []
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name in _ENV_NOT_CONFIG:
+            continue
+        dotted = name[len(ENV_PREFIX) :].lower().replace(ENV_NESTING, ".")
+        found.append((dotted, parse_scalar(value), f"environment variable {name}"))
+    return found
+
+
+def _set_dotted(
+    tree: dict[str, Any], dotted: str, value: Any, origin: str, problems: list[str]
+) -> None:
+    keys = [k for k in dotted.split(".") if k]
+    if not keys:
+        problems.append(f"{origin}: empty setting name")
+        return
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            problems.append(f"{origin}: {dotted}: {key} is not a section")
+            return
+        node = child
+    node[keys[-1]] = value
+
+
+def _describe(exc: ValidationError) -> list[str]:
+    lines = []
+    for error in exc.errors():
+        loc = error["loc"]
+        where = _format_loc(loc)
+        if error["type"] == "extra_forbidden":
+            hint = _did_you_mean(loc)
+            lines.append(f"{where}: unknown setting{hint}")
+            continue
+        message = error["msg"].removeprefix("Value error, ")
+        got = error.get("input")
+        shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+        lines.append(f"{where}: {message}{shown}")
+    return lines
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _did_you_mean(loc: tuple[int | str, ...]) -> str:
+    model: type[BaseModel] | None = Config
+    for part in loc[:-1]:
+        if model is None:
+            return ""
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        model = _model_of(field.annotation) if field is not None else None
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def dump_config(config: Config) -> str:
+    """The resolved configuration as YAML, as `extproc validate` prints it."""
+    data = config.model_dump(mode="json")
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,1 @@
+"""A small mock LLM upstream (OpenAI and Anthropic shapes) for `extproc up` and the tests."""

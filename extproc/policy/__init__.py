@@ -1,0 +1,1 @@
+"""Policy: plain data in (findings, config), a Decision out. No gRPC, no regexes."""

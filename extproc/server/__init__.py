@@ -1,0 +1,1 @@
+"""The gRPC edges: translate Envoy messages to and from policy decisions."""

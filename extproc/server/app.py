@@ -1,0 +1,143 @@
+"""Wire the ext_proc gRPC server and the admin HTTP server into one process, and run it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import uvicorn
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from extproc import __version__
+from extproc.admin.app import create_admin_app
+from extproc.config import Config
+from extproc.detect.scanner import Scanner
+from extproc.policy.inspect import Inspector
+from extproc.server.processor import Engine, ExternalProcessor
+from extproc.telemetry.metrics import Metrics
+
+log = logging.getLogger("extproc.server")
+# Protobuf framing around a body; the body limit itself comes from config.
+_GRPC_OVERHEAD = 64 * 1024
+
+
+def build_engine(config: Config, metrics: Metrics | None = None) -> Engine:
+    """Load rules and build the shared per-process engine; raises on a bad rule pack."""
+    scanner = Scanner.load(config.security_analysis.rule_files or None)
+    metrics = metrics or Metrics()
+    metrics.rules_loaded.set(scanner.rule_count)
+    return Engine(config, Inspector(config, scanner), metrics)
+
+
+def grpc_options(config: Config) -> list[tuple[str, Any]]:
+    """gRPC channel options sized for the largest body Envoy may send us."""
+    limit = max(config.server.max_request_size_bytes, config.server.max_response_size_bytes)
+    size = limit + _GRPC_OVERHEAD
+    return [
+        ("grpc.max_receive_message_length", size),
+        ("grpc.max_send_message_length", size),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+@dataclass
+class ServerHandle:
+    """A running extproc process's servers, for tests and `serve`."""
+
+    engine: Engine
+    grpc_server: grpc.aio.Server
+    grpc_port: int
+    admin: uvicorn.Server | None = None
+    admin_task: asyncio.Task[None] | None = None
+    started: float = field(default_factory=time.time)
+
+    def health(self) -> dict[str, Any]:
+        """Health report: ok when every component is up."""
+        rules = self.engine.metrics.rules_loaded._value.get()  # noqa: SLF001 - prometheus Gauge
+        components = {
+            "grpc": {"status": "ok", "port": self.grpc_port},
+            "regex_rules": {"status": "ok" if rules > 0 else "down", "count": int(rules)},
+        }
+        status = "ok" if all(c["status"] == "ok" for c in components.values()) else "degraded"
+        return {
+            "status": status,
+            "version": __version__,
+            "uptime_seconds": round(time.time() - self.started, 1),
+            "components": components,
+        }
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting streams, let open ones finish within `grace`, stop admin."""
+        await self.grpc_server.stop(grace)
+        if self.admin is not None:
+            self.admin.should_exit = True
+        if self.admin_task is not None:
+            await self.admin_task
+
+
+async def start_servers(
+    config: Config,
+    *,
+    grpc_port: int | None = None,
+    admin: bool = True,
+    engine: Engine | None = None,
+) -> ServerHandle:
+    """Start the gRPC server (and admin HTTP) on the running loop; return a handle."""
+    engine = engine or build_engine(config)
+    server = grpc.aio.server(options=grpc_options(config))
+    pb_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(engine), server)
+    port = config.server.grpc_port if grpc_port is None else grpc_port
+    bound = server.add_insecure_port(f"{config.server.grpc_host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen on {config.server.grpc_host}:{port} for gRPC")
+    await server.start()
+    handle = ServerHandle(engine, server, bound)
+    if admin:
+        app = create_admin_app(handle.health, engine.metrics)
+        uv_config = uvicorn.Config(
+            app,
+            host=config.server.admin_host,
+            port=config.server.admin_port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+        handle.admin = uvicorn.Server(uv_config)
+        handle.admin.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        handle.admin_task = asyncio.create_task(handle.admin.serve())
+        while not handle.admin.started:
+            if handle.admin_task.done():
+                await handle.admin_task
+                raise OSError(
+                    f"cannot listen on {config.server.admin_host}:{config.server.admin_port} "
+                    "for the admin API"
+                )
+            await asyncio.sleep(0.01)
+    log.info(
+        "extproc %s serving ext_proc on %s:%d, admin on %s:%d, %d rules",
+        __version__, config.server.grpc_host, bound, config.server.admin_host,
+        config.server.admin_port, int(engine.metrics.rules_loaded._value.get()),  # noqa: SLF001
+    )
+    return handle
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGINT/SIGTERM, then drain open streams for `server.grace_seconds`."""
+    handle = await start_servers(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(
+        f"extproc ready: ext_proc grpc://{config.server.grpc_host}:{handle.grpc_port} "
+        f"admin http://{config.server.admin_host}:{config.server.admin_port}",
+        flush=True,
+    )
+    await stop.wait()
+    log.info("shutting down; draining for up to %.1fs", config.server.grace_seconds)
+    await handle.stop(config.server.grace_seconds)

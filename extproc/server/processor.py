@@ -1,0 +1,322 @@
+"""The ext_proc edge: one small state machine per Envoy stream (= per HTTP request).
+
+Envoy's filter config (envoy/envoy.yaml) sends request headers, buffers the request body,
+sends response headers and buffers the response body. Phases with nothing to check are
+switched off per request with `mode_override`, so most requests cost as few gRPC messages
+as possible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from extproc.config import Config
+from extproc.detect.findings import Finding
+from extproc.dialects.base import Dialect, DialectError
+from extproc.dialects.routing import default_dialect_for_path, dialect_for_path, parse_json
+from extproc.policy.decision import Decision, Verdict, finding_types
+from extproc.policy.inspect import Inspection, Inspector
+from extproc.server import messages
+from extproc.server.tenancy import agent_from_headers, tenant_from_headers
+from extproc.telemetry.metrics import Metrics
+
+log = logging.getLogger("extproc.processor")
+
+Mode = processing_mode_pb2.ProcessingMode
+TRACE_HEADER = "x-llmtrace-trace-id"
+FLAGGED_HEADER = "x-llmtrace-flagged"
+FINDINGS_HEADER = "x-llmtrace-findings"
+# Bodies above this are scanned in a worker thread so one huge prompt cannot stall
+# every other stream on the event loop.
+_INLINE_SCAN_LIMIT = 64 * 1024
+_JSON_TYPES = ("application/json", "+json")
+
+
+class Rejection(Exception):
+    """A request answered by extproc itself with a client error (400, 413)."""
+
+    def __init__(self, status: int, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class StreamState:
+    """What one request has shown so far."""
+
+    trace_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    path: str = ""
+    method: str = ""
+    tenant_id: str | None = None
+    agent_id: str | None = None
+    dialect: Dialect | None = None
+    scan_request: bool = False
+    request_decision: Decision | None = None
+    response_json: bool = False
+
+    @property
+    def error_dialect(self) -> Dialect:
+        """The dialect errors are shaped in (OpenAI for unknown paths)."""
+        return self.dialect or default_dialect_for_path(self.path)
+
+    @property
+    def dialect_label(self) -> str:
+        """Metric label for the dialect."""
+        return self.dialect.name if self.dialect else "unknown"
+
+
+class Engine:
+    """Shared, immutable per-process state: config, inspector, metrics."""
+
+    def __init__(self, config: Config, inspector: Inspector, metrics: Metrics) -> None:
+        self.config = config
+        self.inspector = inspector
+        self.metrics = metrics
+        self.analysis_enabled = config.enable_security_analysis
+        self.output_enabled = config.enable_security_analysis and config.output_safety.enabled
+        self.timeout = config.security_analysis_timeout_ms / 1000
+
+
+class RequestProcessor:
+    """Phase methods for one stream; each returns the ProcessingResponse for its message."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.state = StreamState()
+
+    # -- request headers -------------------------------------------------------------------
+    async def request_headers(self, msg: pb.HttpHeaders) -> pb.ProcessingResponse:
+        """Identify route, tenant and dialect; decide which later phases are needed."""
+        headers = messages.header_map(msg)
+        st = self.state
+        st.path = headers.get(":path", "")
+        st.method = headers.get(":method", "")
+        st.tenant_id = tenant_from_headers(headers)
+        st.agent_id = agent_from_headers(headers)
+        st.dialect = dialect_for_path(st.path)
+        engine = self.engine
+        limit = engine.config.server.max_request_size_bytes
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise Rejection(413, _too_large(int(length), limit), "too_large")
+        st.scan_request = engine.analysis_enabled and not msg.end_of_stream and (
+            st.dialect is not None or engine.config.security_analysis.scan_unknown_paths
+        )
+        check_response = engine.output_enabled and st.dialect is not None
+        if not st.scan_request:
+            engine.metrics.requests.labels("unscanned", st.dialect_label).inc()
+        remove = ("accept-encoding",) if check_response else ()  # compressed bodies can't be read
+        mode = None
+        if not st.scan_request or not check_response:
+            mode = messages.processing_mode(
+                request_body=Mode.BUFFERED if st.scan_request else Mode.NONE,
+                response_body=Mode.BUFFERED if check_response else Mode.NONE,
+            )
+        return messages.request_headers_response({TRACE_HEADER: st.trace_id}, remove, mode)
+
+    # -- request body ----------------------------------------------------------------------
+    async def request_body(self, msg: pb.HttpBody) -> pb.ProcessingResponse:
+        """Parse, scan and enforce; block, redact, flag or pass the body through untouched."""
+        st = self.state
+        engine = self.engine
+        body = msg.body
+        limit = engine.config.server.max_request_size_bytes
+        if len(body) > limit:
+            raise Rejection(413, _too_large(len(body), limit), "too_large")
+        if not st.scan_request:
+            return messages.request_body_response()
+        inspection = await self._inspect_request(body)
+        decision = inspection.decision
+        st.request_decision = decision
+        self._count_findings(decision.findings, "request")
+        if decision.blocked:
+            engine.metrics.requests.labels(Verdict.BLOCKED.value, st.dialect_label).inc()
+            types = ", ".join(finding_types(decision.blocked))
+            log.info("blocked trace=%s tenant=%s findings=%s", st.trace_id, st.tenant_id, types)
+            return self._error(decision.status, f"Request blocked by security policy: {types}",
+                               code="content_policy_violation")
+        engine.metrics.requests.labels(decision.verdict.value, st.dialect_label).inc()
+        return messages.request_body_response(inspection.body, _flag_headers(decision))
+
+    async def _inspect_request(self, body: bytes) -> Inspection:
+        st = self.state
+        inspector = self.engine.inspector
+        if st.dialect is None:
+            return await self._run(inspector.request, _raw_segments(body), None, len(body))
+        try:
+            parsed = parse_json(body)
+            segments = st.dialect.extract_request(st.path, parsed)
+        except DialectError as exc:
+            raise Rejection(400, str(exc), "malformed") from None
+        return await self._run(inspector.request, segments, parsed, len(body))
+
+    async def _run(
+        self,
+        fn: Callable[[Any, Any], Inspection],
+        segments: Any,
+        parsed: Any,
+        size: int,
+    ) -> Inspection:
+        if size <= _INLINE_SCAN_LIMIT:
+            return fn(segments, parsed)
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(
+            loop.run_in_executor(None, fn, segments, parsed), self.engine.timeout
+        )
+
+    # -- response headers ------------------------------------------------------------------
+    async def response_headers(self, msg: pb.HttpHeaders) -> pb.ProcessingResponse:
+        """Tag the response with the trace id; buffer its body only if there is work to do."""
+        st = self.state
+        headers = messages.header_map(msg)
+        content_type = headers.get("content-type", "").lower()
+        st.response_json = any(t in content_type for t in _JSON_TYPES)
+        readable = st.response_json and "content-encoding" not in headers
+        mode = None
+        if msg.end_of_stream or not readable:
+            if not msg.end_of_stream and self.engine.output_enabled and st.dialect is not None:
+                reason = "compressed" if st.response_json else "not_json"
+                # SSE responses are passed through here; streaming analysis is separate work.
+                if "text/event-stream" in content_type:
+                    reason = "event_stream"
+                self.engine.metrics.unscanned.labels("response", reason).inc()
+            mode = messages.processing_mode(request_body=Mode.NONE, response_body=Mode.NONE)
+        extra = {TRACE_HEADER: st.trace_id}
+        decision = st.request_decision
+        if decision is not None and decision.flagged:
+            extra.update(_flag_headers(decision))
+        return messages.response_headers_response(extra, (), mode)
+
+    # -- response body ---------------------------------------------------------------------
+    async def response_body(self, msg: pb.HttpBody) -> pb.ProcessingResponse:
+        """Scan a buffered JSON response; redact secrets/PII, flag the rest."""
+        st = self.state
+        assert st.dialect is not None  # response bodies are only buffered for known dialects
+        try:
+            parsed = parse_json(msg.body)
+            segments = st.dialect.extract_response(st.path, parsed)
+        except DialectError:
+            # Not ours to reject: an upstream error page or a shape we don't know.
+            self.engine.metrics.unscanned.labels("response", "unparsed").inc()
+            return messages.response_body_response()
+        inspection = await self._run(
+            self.engine.inspector.response, segments, parsed, len(msg.body)
+        )
+        decision = inspection.decision
+        self._count_findings(decision.findings, "response")
+        self.engine.metrics.responses.labels(decision.verdict.value, st.dialect_label).inc()
+        return messages.response_body_response(inspection.body, _flag_headers(decision))
+
+    # -- errors ----------------------------------------------------------------------------
+    def _error(self, status: int, message: str, code: str | None = None) -> pb.ProcessingResponse:
+        body = self.state.error_dialect.error_body(status, message, code)
+        return messages.immediate_response(
+            status, body, {TRACE_HEADER: self.state.trace_id}, details="extproc"
+        )
+
+    def rejection(self, exc: Rejection) -> pb.ProcessingResponse:
+        """The client-error answer for a request extproc refuses to analyse."""
+        self.engine.metrics.bad_requests.labels(exc.reason).inc()
+        self.engine.metrics.requests.labels("rejected", self.state.dialect_label).inc()
+        code = "request_too_large" if exc.status == 413 else "invalid_request"
+        return self._error(exc.status, str(exc), code=code)
+
+    def failure(self, phase: str, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
+        """Our own bug or a timeout: fail this one request per failure_mode, never the server."""
+        mode = self.engine.config.server.failure_mode
+        self.engine.metrics.errors.labels(phase, mode).inc()
+        if mode == "closed":
+            return self._error(500, "Security analysis failed; request refused (fail-closed).",
+                               code="analysis_failed")
+        return _continue(phase)
+
+    def _count_findings(self, findings: tuple[Finding, ...], direction: str) -> None:
+        counter = self.engine.metrics.findings
+        for f in findings:
+            counter.labels(f.type, str(f.severity), direction).inc()
+
+
+def _continue(phase: str) -> pb.ProcessingResponse:
+    """A plain CONTINUE for the given phase (used when failing open)."""
+    builders: dict[str, Callable[[], pb.ProcessingResponse]] = {
+        "request_headers": messages.request_headers_response,
+        "request_body": messages.request_body_response,
+        "response_headers": messages.response_headers_response,
+        "response_body": messages.response_body_response,
+    }
+    return builders[phase]()
+
+
+def _flag_headers(decision: Decision) -> dict[str, str]:
+    if not decision.flagged:
+        return {}
+    return {FLAGGED_HEADER: "true", FINDINGS_HEADER: ",".join(finding_types(decision.flagged))}
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"Request body is {size} bytes; the limit is {limit} bytes."
+
+
+def _raw_segments(body: bytes) -> list[Any]:
+    from extproc.detect.findings import Role
+    from extproc.dialects.base import Segment
+
+    return [Segment(Role.USER, body.decode("utf-8", errors="replace"), ())]
+
+
+_PHASES = ("request_headers", "request_body", "response_headers", "response_body")
+
+
+class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    """grpc.aio servicer: dispatches each message of a stream to its phase method."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def Process(  # noqa: N802 - the gRPC method name
+        self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ProcessingResponse]:
+        """Handle one HTTP request's stream of phase messages."""
+        engine = self.engine
+        metrics = engine.metrics
+        processor = RequestProcessor(engine)
+        handlers: dict[str, Callable[[Any], Awaitable[pb.ProcessingResponse]]] = {
+            "request_headers": processor.request_headers,
+            "request_body": processor.request_body,
+            "response_headers": processor.response_headers,
+            "response_body": processor.response_body,
+        }
+        metrics.active_streams.inc()
+        try:
+            async for request in request_iterator:
+                phase = request.WhichOneof("request")
+                handler = handlers.get(phase or "")
+                if handler is None:
+                    continue  # trailers etc. are not requested by our filter config
+                started = time.perf_counter()
+                try:
+                    response = await handler(getattr(request, phase))  # type: ignore[arg-type]
+                except Rejection as exc:
+                    response = processor.rejection(exc)
+                except Exception:
+                    log.exception("processing failed trace=%s phase=%s",
+                                  processor.state.trace_id, phase)
+                    response = processor.failure(phase, request)  # type: ignore[arg-type]
+                metrics.phase_seconds.labels(phase).observe(time.perf_counter() - started)
+                yield response
+                if response.HasField("immediate_response"):
+                    return
+        finally:
+            metrics.active_streams.dec()

@@ -1,0 +1,72 @@
+"""Prometheus metrics: one registry per server so tests and workers stay independent."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Phase work is tens of microseconds for regex and up to seconds for ML/large bodies.
+_PHASE_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+
+
+class Metrics:
+    """Every metric the ext_proc server exports."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "extproc_requests",
+            "Requests processed, by final decision and dialect.",
+            ["decision", "dialect"],
+            registry=r,
+        )
+        self.responses = Counter(
+            "extproc_responses",
+            "Buffered responses processed, by decision and dialect.",
+            ["decision", "dialect"],
+            registry=r,
+        )
+        self.findings = Counter(
+            "extproc_findings",
+            "Findings, by type, severity and direction (request or response).",
+            ["type", "severity", "direction"],
+            registry=r,
+        )
+        self.phase_seconds = Histogram(
+            "extproc_phase_duration_seconds",
+            "Time spent in each ext_proc phase inside extproc.",
+            ["phase"],
+            buckets=_PHASE_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter(
+            "extproc_errors",
+            "Requests whose processing failed, by phase; handled per failure_mode.",
+            ["phase", "failure_mode"],
+            registry=r,
+        )
+        self.bad_requests = Counter(
+            "extproc_rejected_requests",
+            "Requests rejected before analysis (malformed body, too large), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.unscanned = Counter(
+            "extproc_unscanned",
+            "Bodies passed through without analysis, by reason.",
+            ["direction", "reason"],
+            registry=r,
+        )
+        self.active_streams = Gauge(
+            "extproc_active_streams", "ext_proc streams currently open.", registry=r
+        )
+        self.rules_loaded = Gauge(
+            "extproc_rules_loaded", "Regex rules compiled into the detection database.", registry=r
+        )
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this registry."""
+        return generate_latest(self.registry)
