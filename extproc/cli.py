@@ -27,13 +27,20 @@ _FLAG_PATHS = {
 
 def _add_config_args(parser: argparse.ArgumentParser, *flags: str) -> None:
     parser.add_argument(
-        "--config", "-c", type=Path, default=os.environ.get("EXTPROC_CONFIG"),
+        "--config",
+        "-c",
+        type=Path,
+        default=os.environ.get("EXTPROC_CONFIG"),
         help="YAML config file (default: $EXTPROC_CONFIG; none: built-in defaults)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--set", dest="sets", action="append", default=[], metavar="PATH=VALUE",
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
         help="override one setting, e.g. --set pii.action=alert_and_redact (repeatable)",
-    )  # fmt: skip
+    )
     helps = {
         "upstream": "LLM upstream URL (default: start the demo upstream)",
         "envoy_port": "Envoy listener port (default 10000)",
@@ -129,8 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_cmd_serve)
 
     up = sub.add_parser("up", help="run Envoy + extproc + a demo LLM upstream locally")
-    _add_config_args(up, "upstream", "envoy_port", "envoy_admin_port", "grpc_port", "admin_port",
-                     "failure_mode")  # fmt: skip
+    _add_config_args(
+        up, "upstream", "envoy_port", "envoy_admin_port", "grpc_port", "admin_port", "failure_mode"
+    )
     up.add_argument("--demo-port", type=int, default=18080, help="demo upstream port (18080)")
     up.set_defaults(func=_cmd_up)
 
@@ -141,8 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     envoy = sub.add_parser("envoy", help="Envoy configuration")
     envoy_sub = envoy.add_subparsers(dest="envoy_command", required=True)
     render = envoy_sub.add_parser("render", help="print the Envoy config matching this config")
-    _add_config_args(render, "upstream", "envoy_port", "envoy_admin_port", "grpc_port",
-                     "failure_mode")  # fmt: skip
+    _add_config_args(
+        render, "upstream", "envoy_port", "envoy_admin_port", "grpc_port", "failure_mode"
+    )
     render.add_argument("--output", "-o", type=Path, help="write to a file instead of stdout")
     render.set_defaults(func=_cmd_envoy_render)
     return parser

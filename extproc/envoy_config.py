@@ -151,15 +151,23 @@ def _local_reply_config() -> dict[str, Any]:
     mappers = []
     fail_details = "ext_proc_error_gRPC_error_"
     cases = [
-        (413, f"response.code_details == '{_ENVOY_REPLY_DETAILS[413][0]}'",
-         _ENVOY_REPLY_DETAILS[413][1]),
-        (500, f"response.code_details.startsWith('{fail_details}') || "
-              "response.code_details.startsWith('ext_proc_error')",
-         "Security analysis is unavailable; request refused (fail-closed)."),
-    ]  # fmt: skip
+        (
+            413,
+            f"response.code_details == '{_ENVOY_REPLY_DETAILS[413][0]}'",
+            _ENVOY_REPLY_DETAILS[413][1],
+        ),
+        (
+            500,
+            f"response.code_details.startsWith('{fail_details}') || "
+            "response.code_details.startsWith('ext_proc_error')",
+            "Security analysis is unavailable; request refused (fail-closed).",
+        ),
+    ]
     for status, condition, message in cases:
-        for dialect, path_regex in (("anthropic", "^(/[^?]*)?/v1/(messages|complete)"),
-                                    ("openai", None)):  # fmt: skip
+        for dialect, path_regex in (
+            ("anthropic", "^(/[^?]*)?/v1/(messages|complete)"),
+            ("openai", None),
+        ):
             expr = f"response.code == {status} && ({condition})"
             if path_regex is not None:
                 expr += f" && request.path.matches('{path_regex}')"
@@ -169,7 +177,8 @@ def _local_reply_config() -> dict[str, Any]:
                         "extension_filter": {
                             "name": "envoy.access_loggers.extension_filters.cel",
                             "typed_config": {
-                                "@type": _T + "extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                                "@type": _T
+                                + "extensions.access_loggers.filters.cel.v3.ExpressionFilter",
                                 "expression": expr,
                             },
                         }
@@ -183,8 +192,13 @@ def _local_reply_config() -> dict[str, Any]:
     return {"mappers": mappers}
 
 
-def render(config: Config, *, extproc_ports: Sequence[int] | None = None) -> dict[str, Any]:
-    """The Envoy bootstrap (as a dict) for this extproc configuration."""
+def render(
+    config: Config, *, extproc_ports: Sequence[int] | None = None, ext_proc: bool = True
+) -> dict[str, Any]:
+    """The Envoy bootstrap (as a dict) for this extproc configuration.
+
+    `ext_proc=False` leaves the filter out: plain Envoy, the baseline the benchmark compares to.
+    """
     ports = list(extproc_ports) if extproc_ports is not None else grpc_ports(config)
     upstream = urlsplit(config.envoy.upstream_url)
     route: dict[str, Any] = {"cluster": UPSTREAM_CLUSTER, "timeout": _ROUTE_TIMEOUT}
@@ -197,12 +211,16 @@ def render(config: Config, *, extproc_ports: Sequence[int] | None = None) -> dic
         "route_config": {
             "name": "llm_routes",
             "virtual_hosts": [
-                {"name": "llm", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": route}]}
+                {
+                    "name": "llm",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": route}],
+                }
             ],
         },
         "local_reply_config": _local_reply_config(),
         "http_filters": [
-            _ext_proc_filter(config),
+            *([_ext_proc_filter(config)] if ext_proc else []),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {"@type": _T + "extensions.filters.http.router.v3.Router"},
@@ -220,14 +238,19 @@ def render(config: Config, *, extproc_ports: Sequence[int] | None = None) -> dic
                     "filter_chains": [
                         {
                             "filters": [
-                                {"name": "envoy.filters.network.http_connection_manager",
-                                 "typed_config": hcm}  # fmt: skip
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": hcm,
+                                }
                             ]
                         }
                     ],
                 }
             ],
-            "clusters": [_extproc_cluster(config, ports), _upstream_cluster(config)],
+            "clusters": [
+                *([_extproc_cluster(config, ports)] if ext_proc else []),
+                _upstream_cluster(config),
+            ],
         },
     }
 

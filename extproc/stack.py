@@ -55,7 +55,7 @@ class Part:
 def _http_ok(url: str, expect: bytes | None = None) -> Callable[[], bool]:
     def check() -> bool:
         try:
-            with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback only
+            with urllib.request.urlopen(url, timeout=1) as resp:
                 body: bytes = resp.read()
                 return resp.status == 200 and (expect is None or expect in body)
         except OSError:
@@ -78,8 +78,15 @@ def plan(config: Config, workdir: Path, *, demo_port: int | None) -> list[Part]:
         parts.append(
             Part(
                 "demo upstream",
-                [python, "-m", "extproc.demo.upstream", "--host", "127.0.0.1",
-                 "--port", str(demo_port)],  # fmt: skip
+                [
+                    python,
+                    "-m",
+                    "extproc.demo.upstream",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(demo_port),
+                ],
                 _http_ok(f"http://127.0.0.1:{demo_port}/healthz"),
             )
         )
@@ -98,8 +105,16 @@ def plan(config: Config, workdir: Path, *, demo_port: int | None) -> list[Part]:
     parts.append(
         Part(
             "envoy",
-            [envoy_binary(), "-c", str(envoy_file), "--concurrency", str(config.envoy.concurrency),
-             "--log-level", "warn", "--use-dynamic-base-id"],  # fmt: skip
+            [
+                envoy_binary(),
+                "-c",
+                str(envoy_file),
+                "--concurrency",
+                str(config.envoy.concurrency),
+                "--log-level",
+                "warn",
+                "--use-dynamic-base-id",
+            ],
             _http_ok(f"http://127.0.0.1:{config.envoy.admin_port}/ready", b"LIVE"),
         )
     )
@@ -192,7 +207,9 @@ async def _supervise(parts: list[Part], stop: asyncio.Event) -> int:
     for task in done:
         part = waits.get(task)
         if part is not None:
-            print(f"extproc up: {part.name} exited with code {task.result()}; stopping the stack",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"extproc up: {part.name} exited with code {task.result()}; stopping the stack",
+                file=sys.stderr,
+                flush=True,
+            )
     return 1
-

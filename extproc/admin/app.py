@@ -17,7 +17,9 @@ HealthFn = Callable[[], dict[str, Any]]
 
 def create_admin_app(health: HealthFn, metrics: Metrics) -> FastAPI:
     """Build the admin API: `/health` (503 when not ready) and `/metrics`."""
-    app = FastAPI(title="extproc admin API", version=__version__, openapi_url="/api-doc/openapi.json")
+    app = FastAPI(
+        title="extproc admin API", version=__version__, openapi_url="/api-doc/openapi.json"
+    )
 
     @app.get("/health")
     async def get_health() -> JSONResponse:

@@ -73,7 +73,9 @@ def decide_request(findings: Sequence[Finding], config: Config) -> Decision:
     if not findings:
         return ALLOW
     enforcement = config.enforcement
-    redact = tuple(f for f in findings if f.category is Category.PII) if _redacts_pii(config) else ()
+    redact = (
+        tuple(f for f in findings if f.category is Category.PII) if _redacts_pii(config) else ()
+    )
     reported = findings
     if config.pii.action == "redact_silent":
         reported = [f for f in findings if f.category is not Category.PII]
@@ -112,9 +114,11 @@ def decide_response(findings: Sequence[Finding], config: Config) -> Decision:
         reported = [f for f in findings if f.category is not Category.PII]
         redact.extend(f for f in findings if f.category is Category.PII)
     for finding in reported:
-        if finding.category is Category.PII and _redacts_pii(config):
-            redact.append(finding)
-        elif finding.category is Category.SECRET and config.output_safety.redact_secrets:
+        redact_pii = finding.category is Category.PII and _redacts_pii(config)
+        redact_secret = (
+            finding.category is Category.SECRET and config.output_safety.redact_secrets
+        )
+        if redact_pii or redact_secret:
             redact.append(finding)
         elif finding.category in (Category.PII, Category.SECRET) or _meets_threshold(
             finding, config.enforcement

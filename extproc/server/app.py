@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +47,14 @@ def grpc_options(config: Config) -> list[tuple[str, Any]]:
     ]
 
 
+class _AdminServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: those belong to the process (`serve`, `up`)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 @dataclass
 class ServerHandle:
     """A running extproc process's servers, for tests and `serve`."""
@@ -58,10 +68,10 @@ class ServerHandle:
 
     def health(self) -> dict[str, Any]:
         """Health report: ok when every component is up."""
-        rules = self.engine.metrics.rules_loaded._value.get()  # noqa: SLF001 - prometheus Gauge
-        components = {
+        rules = self.engine.inspector.scanner.rule_count
+        components: dict[str, dict[str, Any]] = {
             "grpc": {"status": "ok", "port": self.grpc_port},
-            "regex_rules": {"status": "ok" if rules > 0 else "down", "count": int(rules)},
+            "regex_rules": {"status": "ok" if rules > 0 else "down", "count": rules},
         }
         status = "ok" if all(c["status"] == "ok" for c in components.values()) else "degraded"
         return {
@@ -107,9 +117,9 @@ async def start_servers(
             access_log=False,
             lifespan="off",
         )
-        handle.admin = uvicorn.Server(uv_config)
-        handle.admin.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        handle.admin = _AdminServer(uv_config)
         handle.admin_task = asyncio.create_task(handle.admin.serve())
+        deadline = time.monotonic() + 10
         while not handle.admin.started:
             if handle.admin_task.done():
                 await handle.admin_task
@@ -117,11 +127,17 @@ async def start_servers(
                     f"cannot listen on {config.server.admin_host}:{config.server.admin_port} "
                     "for the admin API"
                 )
+            if time.monotonic() > deadline:
+                raise OSError("admin API did not start within 10 s")
             await asyncio.sleep(0.01)
     log.info(
         "extproc %s serving ext_proc on %s:%d, admin on %s:%d, %d rules",
-        __version__, config.server.grpc_host, bound, config.server.admin_host,
-        config.server.admin_port, int(engine.metrics.rules_loaded._value.get()),  # noqa: SLF001
+        __version__,
+        config.server.grpc_host,
+        bound,
+        config.server.admin_host,
+        config.server.admin_port,
+        engine.inspector.scanner.rule_count,
     )
     return handle
 

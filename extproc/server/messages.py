@@ -114,7 +114,7 @@ def immediate_response(
     all_headers = {"content-type": "application/json", **(headers or {})}
     return pb.ProcessingResponse(
         immediate_response=pb.ImmediateResponse(
-            status=http_status_pb2.HttpStatus(code=status),  # type: ignore[arg-type]
+            status=http_status_pb2.HttpStatus(code=status),
             headers=header_mutation(all_headers),
             body=body,
             details=details,
@@ -128,8 +128,8 @@ def processing_mode(*, request_body: int, response_body: int) -> processing_mode
     return mode(
         request_header_mode=mode.SEND,
         response_header_mode=mode.SEND,
-        request_body_mode=request_body,  # type: ignore[arg-type]
-        response_body_mode=response_body,  # type: ignore[arg-type]
+        request_body_mode=request_body,
+        response_body_mode=response_body,
         request_trailer_mode=mode.SKIP,
         response_trailer_mode=mode.SKIP,
     )

@@ -111,8 +111,10 @@ class RequestProcessor:
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise Rejection(413, _too_large(int(length), limit), "too_large")
-        st.scan_request = engine.analysis_enabled and not msg.end_of_stream and (
-            st.dialect is not None or engine.config.security_analysis.scan_unknown_paths
+        st.scan_request = (
+            engine.analysis_enabled
+            and not msg.end_of_stream
+            and (st.dialect is not None or engine.config.security_analysis.scan_unknown_paths)
         )
         check_response = engine.output_enabled and st.dialect is not None
         if not st.scan_request:
@@ -145,8 +147,11 @@ class RequestProcessor:
             engine.metrics.requests.labels(Verdict.BLOCKED.value, st.dialect_label).inc()
             types = ", ".join(finding_types(decision.blocked))
             log.info("blocked trace=%s tenant=%s findings=%s", st.trace_id, st.tenant_id, types)
-            return self._error(decision.status, f"Request blocked by security policy: {types}",
-                               code="content_policy_violation")
+            return self._error(
+                decision.status,
+                f"Request blocked by security policy: {types}",
+                code="content_policy_violation",
+            )
         engine.metrics.requests.labels(decision.verdict.value, st.dialect_label).inc()
         return messages.request_body_response(inspection.body, _flag_headers(decision))
 
@@ -238,8 +243,11 @@ class RequestProcessor:
         mode = self.engine.config.server.failure_mode
         self.engine.metrics.errors.labels(phase, mode).inc()
         if mode == "closed":
-            return self._error(500, "Security analysis failed; request refused (fail-closed).",
-                               code="analysis_failed")
+            return self._error(
+                500,
+                "Security analysis failed; request refused (fail-closed).",
+                code="analysis_failed",
+            )
         return _continue(phase)
 
     def _count_findings(self, findings: tuple[Finding, ...], direction: str) -> None:
@@ -285,8 +293,10 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    async def Process(  # noqa: N802 - the gRPC method name
-        self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
+    async def Process(
+        self,
+        request_iterator: AsyncIterator[pb.ProcessingRequest],
+        context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ProcessingResponse]:
         """Handle one HTTP request's stream of phase messages."""
         engine = self.engine
@@ -307,13 +317,14 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     continue  # trailers etc. are not requested by our filter config
                 started = time.perf_counter()
                 try:
-                    response = await handler(getattr(request, phase))  # type: ignore[arg-type]
+                    response = await handler(getattr(request, phase))
                 except Rejection as exc:
                     response = processor.rejection(exc)
                 except Exception:
-                    log.exception("processing failed trace=%s phase=%s",
-                                  processor.state.trace_id, phase)
-                    response = processor.failure(phase, request)  # type: ignore[arg-type]
+                    log.exception(
+                        "processing failed trace=%s phase=%s", processor.state.trace_id, phase
+                    )
+                    response = processor.failure(phase, request)
                 metrics.phase_seconds.labels(phase).observe(time.perf_counter() - started)
                 yield response
                 if response.HasField("immediate_response"):

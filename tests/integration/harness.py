@@ -73,8 +73,16 @@ class EnvoyProcess:
         path.write_text(render_yaml(config), encoding="utf-8")
         self.log = open(Path(self.dir.name) / "envoy.log", "w+b")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [envoy_binary(), "-c", str(path), "--concurrency", "1", "--log-level", "warn",
-             "--use-dynamic-base-id"],  # fmt: skip
+            [
+                envoy_binary(),
+                "-c",
+                str(path),
+                "--concurrency",
+                "1",
+                "--log-level",
+                "warn",
+                "--use-dynamic-base-id",
+            ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )

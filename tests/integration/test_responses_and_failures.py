@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from tests.integration.harness import Stack, running_stack
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    """Secrets in requests are only logged here, so the echo upstream can return one."""
+    categories = [{"finding_type": "secret", "action": "log"}]
+    with running_stack({"enforcement.categories": categories}) as s:
+        yield s
+
 AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
 
 
 def test_secret_in_buffered_response_is_redacted(stack: Stack) -> None:
-    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": f"echo: the key is {AWS_KEY}"}]}
+    body = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": f"echo: the key is {AWS_KEY}"}],
+    }
     resp = stack.post("/v1/chat/completions", body)
     assert resp.status_code == 200, resp.text
     content = resp.json()["choices"][0]["message"]["content"]
@@ -22,8 +35,11 @@ def test_secret_in_buffered_response_is_redacted(stack: Stack) -> None:
 
 
 def test_secret_in_anthropic_response_is_redacted(stack: Stack) -> None:
-    body = {"model": "claude-sonnet-4-5", "max_tokens": 50,
-            "messages": [{"role": "user", "content": f"echo: use {AWS_KEY}"}]}  # fmt: skip
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": f"echo: use {AWS_KEY}"}],
+    }
     resp = stack.post("/v1/messages", body)
     assert resp.status_code == 200, resp.text
     assert AWS_KEY not in resp.text
@@ -38,8 +54,11 @@ def test_clean_response_is_untouched(stack: Stack) -> None:
 
 
 def test_streaming_response_passes_through(stack: Stack) -> None:
-    body = {"model": "gpt-4o", "stream": True,
-            "messages": [{"role": "user", "content": "echo: hello stream"}]}  # fmt: skip
+    body = {
+        "model": "gpt-4o",
+        "stream": True,
+        "messages": [{"role": "user", "content": "echo: hello stream"}],
+    }
     resp = stack.post("/v1/chat/completions", body)
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/event-stream")

@@ -29,8 +29,10 @@ def test_defaults_are_safe() -> None:
 
 
 def test_precedence_file_then_env_then_cli(tmp_path: Path) -> None:
-    path = write(tmp_path, "pii:\n  action: alert_and_redact\nserver:\n  grpc_port: 6000\n"
-                           "  admin_port: 6001\n")  # fmt: skip
+    path = write(
+        tmp_path,
+        "pii:\n  action: alert_and_redact\nserver:\n  grpc_port: 6000\n  admin_port: 6001\n",
+    )
     env = {"EXTPROC_SERVER__GRPC_PORT": "7000", "EXTPROC_ENFORCEMENT__MIN_SEVERITY": "medium"}
     config = load_config(path, environ=env, overrides=[("server.grpc_port", 8000)])
     assert config.pii.action == "alert_and_redact"  # file
@@ -70,7 +72,9 @@ def test_missing_file_is_an_error(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.yaml", environ={})
 
 
-def test_validate_prints_resolved_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_prints_resolved_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = write(tmp_path, "pii:\n  action: redact_silent\n")
     assert main(["validate", "--config", str(path), "--set", "server.workers=2"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)

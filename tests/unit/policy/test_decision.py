@@ -7,8 +7,9 @@ from extproc.detect.findings import Category, Finding, Severity
 from extproc.policy.decision import Verdict, decide_request, decide_response
 
 
-def finding(category: Category, severity: Severity, confidence: float = 0.9,
-            type_: str | None = None) -> Finding:  # fmt: skip
+def finding(
+    category: Category, severity: Severity, confidence: float = 0.9, type_: str | None = None
+) -> Finding:
     return Finding(type_ or category.value, category, severity, confidence, 0, 4, "r1", segment=0)
 
 
@@ -48,8 +49,9 @@ def test_modes_and_category_overrides() -> None:
     assert decide_request([INJECTION], cfg(**{"enforcement.mode": "log"})).verdict is (
         Verdict.ALLOWED
     )
-    per_category = cfg(**{"enforcement.categories": [
-        {"finding_type": "prompt_injection", "action": "flag"}]})  # fmt: skip
+    per_category = cfg(
+        **{"enforcement.categories": [{"finding_type": "prompt_injection", "action": "flag"}]}
+    )
     jailbreak = finding(Category.JAILBREAK, Severity.CRITICAL)
     decision = decide_request([INJECTION, jailbreak], per_category)
     assert decision.blocked == (jailbreak,)
