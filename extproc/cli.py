@@ -90,9 +90,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     config = _resolve(args)
     _setup_logging(config)
+    if config.server.workers > 1 and args.worker_index is None:
+        from extproc.server.workers import serve_workers
+
+        return asyncio.run(serve_workers(config))
     from extproc.server.app import serve
 
-    asyncio.run(serve(config))
+    asyncio.run(serve(config, worker_index=args.worker_index or 0))
     return 0
 
 
@@ -133,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the ext_proc gRPC server and the admin HTTP API")
     _add_config_args(serve, "grpc_port", "admin_port", "failure_mode")
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=_cmd_serve)
 
     up = sub.add_parser("up", help="run Envoy + extproc + a demo LLM upstream locally")

@@ -131,29 +131,35 @@ async def start_servers(
                 raise OSError("admin API did not start within 10 s")
             await asyncio.sleep(0.01)
     log.info(
-        "extproc %s serving ext_proc on %s:%d, admin on %s:%d, %d rules",
+        "extproc %s serving ext_proc on %s:%d%s, %d rules",
         __version__,
         config.server.grpc_host,
         bound,
-        config.server.admin_host,
-        config.server.admin_port,
+        f", admin on {config.server.admin_host}:{config.server.admin_port}" if admin else "",
         engine.inspector.scanner.rule_count,
     )
     return handle
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGINT/SIGTERM, then drain open streams for `server.grace_seconds`."""
-    handle = await start_servers(config)
+async def serve(config: Config, *, worker_index: int = 0) -> None:
+    """Run until SIGINT/SIGTERM, then drain open streams for `server.grace_seconds`.
+
+    Worker `i` of a multi-worker server listens on grpc_port+i; only worker 0 serves admin.
+    """
+    handle = await start_servers(
+        config, grpc_port=config.server.grpc_port + worker_index, admin=worker_index == 0
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(
-        f"extproc ready: ext_proc grpc://{config.server.grpc_host}:{handle.grpc_port} "
-        f"admin http://{config.server.admin_host}:{config.server.admin_port}",
-        flush=True,
+    admin = (
+        f" admin http://{config.server.admin_host}:{config.server.admin_port}"
+        if worker_index == 0
+        else ""
     )
+    print(f"extproc ready: ext_proc grpc://{config.server.grpc_host}:{handle.grpc_port}{admin}",
+          flush=True)  # fmt: skip
     await stop.wait()
     log.info("shutting down; draining for up to %.1fs", config.server.grace_seconds)
     await handle.stop(config.server.grace_seconds)

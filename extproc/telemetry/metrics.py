@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 # Phase work is tens of microseconds for regex and up to seconds for ML/large bodies.
 _PHASE_BUCKETS = (
@@ -31,6 +34,12 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            # Several worker processes (`server.workers`): each writes its values to files
+            # in that folder and the exposition merges them, so the metrics register on a
+            # private registry that is never exposed directly.
+            MultiProcessCollector(self.registry)
+            r = CollectorRegistry()
         self.requests = Counter(
             "extproc_requests",
             "Requests processed, by final decision and dialect.",
@@ -75,10 +84,16 @@ class Metrics:
             registry=r,
         )
         self.active_streams = Gauge(
-            "extproc_active_streams", "ext_proc streams currently open.", registry=r
+            "extproc_active_streams",
+            "ext_proc streams currently open.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.rules_loaded = Gauge(
-            "extproc_rules_loaded", "Regex rules compiled into the detection database.", registry=r
+            "extproc_rules_loaded",
+            "Regex rules compiled into the detection database.",
+            registry=r,
+            multiprocess_mode="max",
         )
 
     def render(self) -> bytes:

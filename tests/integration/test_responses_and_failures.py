@@ -18,6 +18,7 @@ def stack() -> Iterator[Stack]:
     with running_stack({"enforcement.categories": categories}) as s:
         yield s
 
+
 AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
 
 
