@@ -49,7 +49,7 @@ def plan(config: Config, workdir: Path, *, demo_port: int | None) -> list[Part]:
                     "127.0.0.1",
                     "--port",
                     str(demo_port),
-                ],  # fmt: skip
+                ],
                 http_ok(f"http://127.0.0.1:{demo_port}/healthz"),
             )
         )
@@ -77,7 +77,7 @@ def plan(config: Config, workdir: Path, *, demo_port: int | None) -> list[Part]:
                 "--log-level",
                 "warn",
                 "--use-dynamic-base-id",
-            ],  # fmt: skip
+            ],
             http_ok(f"http://127.0.0.1:{config.envoy.admin_port}/ready", b"LIVE"),
         )
     )

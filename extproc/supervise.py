@@ -39,7 +39,7 @@ def http_ok(url: str, expect: bytes | None = None) -> Callable[[], bool]:
 
     def check() -> bool:
         try:
-            with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback only
+            with urllib.request.urlopen(url, timeout=1) as resp:
                 body: bytes = resp.read()
                 return resp.status == 200 and (expect is None or expect in body)
         except OSError:
@@ -90,7 +90,7 @@ async def _wait_ready(parts: list[Part], deadline: float) -> None:
             await asyncio.sleep(0.1)
 
 
-async def _stop(parts: list[Part], timeout: float) -> None:
+async def _stop(parts: list[Part], grace: float) -> None:
     running = [p for p in reversed(parts) if p.process and p.process.returncode is None]
     for part in running:
         assert part.process is not None
@@ -99,9 +99,9 @@ async def _stop(parts: list[Part], timeout: float) -> None:
     for part in running:
         assert part.process is not None
         try:
-            await asyncio.wait_for(part.process.wait(), timeout)
+            await asyncio.wait_for(part.process.wait(), grace)
         except TimeoutError:
-            _say(f"{part.name} did not stop within {timeout:.0f}s; killing it")
+            _say(f"{part.name} did not stop within {grace:.0f}s; killing it")
             with contextlib.suppress(ProcessLookupError):
                 part.process.kill()
             await part.process.wait()

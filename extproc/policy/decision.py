@@ -115,9 +115,7 @@ def decide_response(findings: Sequence[Finding], config: Config) -> Decision:
         redact.extend(f for f in findings if f.category is Category.PII)
     for finding in reported:
         redact_pii = finding.category is Category.PII and _redacts_pii(config)
-        redact_secret = (
-            finding.category is Category.SECRET and config.output_safety.redact_secrets
-        )
+        redact_secret = finding.category is Category.SECRET and config.output_safety.redact_secrets
         if redact_pii or redact_secret:
             redact.append(finding)
         elif finding.category in (Category.PII, Category.SECRET) or _meets_threshold(

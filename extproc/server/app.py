@@ -158,8 +158,10 @@ async def serve(config: Config, *, worker_index: int = 0) -> None:
         if worker_index == 0
         else ""
     )
-    print(f"extproc ready: ext_proc grpc://{config.server.grpc_host}:{handle.grpc_port}{admin}",
-          flush=True)  # fmt: skip
+    print(
+        f"extproc ready: ext_proc grpc://{config.server.grpc_host}:{handle.grpc_port}{admin}",
+        flush=True,
+    )
     await stop.wait()
     log.info("shutting down; draining for up to %.1fs", config.server.grace_seconds)
     await handle.stop(config.server.grace_seconds)

@@ -34,8 +34,16 @@ def plan_workers(config: Config, workdir: Path) -> list[Part]:
             if index == 0
             else tcp_ok(server.grpc_host, port)
         )
-        argv = [sys.executable, "-m", "extproc.cli", "serve", "--config", str(config_file),
-                "--worker-index", str(index)]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "extproc.cli",
+            "serve",
+            "--config",
+            str(config_file),
+            "--worker-index",
+            str(index),
+        ]
         parts.append(Part(f"worker {index} (port {port})", argv, ready, env=env))
     return parts
 

@@ -38,7 +38,7 @@ class Metrics:
             # Several worker processes (`server.workers`): each writes its values to files
             # in that folder and the exposition merges them, so the metrics register on a
             # private registry that is never exposed directly.
-            MultiProcessCollector(self.registry)
+            MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
             r = CollectorRegistry()
         self.requests = Counter(
             "extproc_requests",
