@@ -7,9 +7,14 @@ what makes one database safe to scan from many threads at once.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import platform
+import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import hyperscan
@@ -44,8 +49,8 @@ def _collect(pattern_id: int, start: int, end: int, _flags: int, hits: list[RawM
 class Engine:
     """A compiled block-mode database plus per-thread scratch space."""
 
-    def __init__(self, expressions: Sequence[Expression]) -> None:
-        self._database = _compile(expressions)
+    def __init__(self, expressions: Sequence[Expression], cache_dir: Path | None = None) -> None:
+        self._database = _cached_compile(expressions, cache_dir)
         self._prototype = hyperscan.Scratch(self._database)
         self._local = threading.local()
         self._clone_lock = threading.Lock()
@@ -95,3 +100,42 @@ def _compile(expressions: Sequence[Expression]) -> Any:
             except hyperscan.error as single:
                 raise CompileError(str(single), index) from None
         raise CompileError(str(exc), None) from None
+
+
+def default_cache_dir() -> Path:
+    """Where compiled databases are cached: $XDG_CACHE_HOME/extproc/hyperscan or ~/.cache/…."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "extproc" / "hyperscan"
+
+
+def _cache_key(expressions: Sequence[Expression]) -> str:
+    # Serialized databases are only valid for the same hyperscan build and CPU family.
+    digest = hashlib.sha256(f"{hyperscan.__version__}|{platform.machine()}".encode())
+    for expression in expressions:
+        digest.update(f"\0{expression.flags}\0{expression.pattern}".encode())
+    return digest.hexdigest()[:32]
+
+
+def _cached_compile(expressions: Sequence[Expression], cache_dir: Path | None) -> Any:
+    """Compile, reusing a serialized database for the identical expression set when one exists.
+
+    Compiling the full rule set takes seconds while loading it takes microseconds; the cache is
+    best-effort: any read or write problem just means compiling again.
+    """
+    if cache_dir is None:
+        return _compile(expressions)
+    path = cache_dir / f"hs-{_cache_key(expressions)}.db"
+    try:
+        return hyperscan.loadb(path.read_bytes(), hyperscan.HS_MODE_BLOCK)
+    except (OSError, hyperscan.error):
+        pass
+    database = _compile(expressions)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        # Write then rename, so a concurrent reader never sees half a file.
+        with tempfile.NamedTemporaryFile(dir=cache_dir, delete=False, suffix=".tmp") as handle:
+            handle.write(hyperscan.dumpb(database))
+        os.replace(handle.name, path)
+    except (OSError, hyperscan.error):
+        pass
+    return database

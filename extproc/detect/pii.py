@@ -17,13 +17,15 @@ class Suppression(StrEnum):
     CODE_FENCE = "code_fence"  # between ``` (or ~~~) fences
     INDENTED_CODE = "indented_code"  # on a line indented by 4+ spaces or a tab
     URL = "url"  # in a whitespace-delimited token that has "://" or "www." before the match
-    PLACEHOLDER = "placeholder"  # all one digit, or a run of consecutive digits
+    PLACEHOLDER = "placeholder"  # all one digit, or 9+ consecutive digits (123-45-6789)
 
 
 ALL_SUPPRESSIONS = frozenset(Suppression)
 
 _FENCES = ("```", "~~~")
-_SEQUENTIAL = "0123456789" * 3
+# Counting up (1234567890 included) or down; wrapping runs such as 456789012 are real-looking
+# values (the guide's own SSN example) and are not placeholders.
+_SEQUENTIAL = ("01234567890", "9876543210")
 _MIN_SEQUENTIAL = 9  # shorter runs like "123456" occur inside genuine ids too
 
 
@@ -34,7 +36,7 @@ def is_placeholder(span: str) -> bool:
         return False
     if digits.count(digits[0]) == len(digits):
         return True
-    return len(digits) >= _MIN_SEQUENTIAL and digits in _SEQUENTIAL
+    return len(digits) >= _MIN_SEQUENTIAL and any(digits in run for run in _SEQUENTIAL)
 
 
 def _fenced_regions(text: str) -> list[int]:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import hyperscan
 
 from extproc.detect.encoding import PROBES, decode_run, run_bounds
-from extproc.detect.engine import CompileError, Engine, Expression, RawMatch
+from extproc.detect.engine import CompileError, Engine, Expression, RawMatch, default_cache_dir
 from extproc.detect.errors import RulePackError, ScanError
 from extproc.detect.findings import Category, Finding, Role, Severity
+from extproc.detect.mention import is_mention
 from extproc.detect.normalize import normalize
 from extproc.detect.pii import SuppressionContext
 from extproc.detect.resolve import Candidate, resolve_overlaps
@@ -33,9 +36,15 @@ _ENCODED_CATEGORIES = frozenset(
         Category.ROLE_INJECTION,
         Category.DELIMITER_INJECTION,
         Category.AGENT_ACTION,
+        Category.ENCODING_ATTACK,  # a payload nested one level deeper
     }
 )
 _MAX_DECODE_DEPTH = 2  # base64 of base64 is caught; deeper nesting is not worth the work
+
+# Categories whose quoted or cited matches are downgraded (see mention.py). Role tokens and
+# delimiters are not: the upstream tokenizer reacts to them whatever the intent.
+_MENTION_CATEGORIES = frozenset({Category.PROMPT_INJECTION, Category.JAILBREAK})
+_MENTION_CONFIDENCE_FACTOR = 0.5
 
 
 def _expression(rule: Rule) -> Expression:
@@ -57,12 +66,12 @@ def _char_offsets(data: bytes, byte_offsets: set[int]) -> dict[int, int]:
 class Scanner:
     """Compiled rule packs; `scan` is synchronous, thread-safe and never raises on input."""
 
-    def __init__(self, rules: Sequence[Rule]) -> None:
+    def __init__(self, rules: Sequence[Rule], cache_dir: Path | None = None) -> None:
         self._rules = tuple(rules)
         expressions = [_expression(rule) for rule in self._rules]
         expressions += [Expression(probe.pattern, _BASE_FLAGS) for probe in PROBES]
         try:
-            self._engine = Engine(expressions)
+            self._engine = Engine(expressions, cache_dir)
         except CompileError as exc:
             if exc.index is not None and exc.index < len(self._rules):
                 rule = self._rules[exc.index]
@@ -72,10 +81,19 @@ class Scanner:
             raise RulePackError(f"rule packs do not compile: {exc}") from None
 
     @classmethod
-    def load(cls, rule_files: Sequence[Path] | None = None) -> Scanner:
-        """Compile the given packs, or every bundled `policies/rules/*.yaml` when None."""
+    def load(
+        cls,
+        rule_files: Sequence[Path] | None = None,
+        *,
+        cache_dir: Path | None | Literal["default"] = "default",
+    ) -> Scanner:
+        """Compile the given packs, or every bundled `policies/rules/*.yaml` when None.
+
+        The compiled database is cached under `cache_dir` (None disables the cache).
+        """
         files = default_rule_files() if rule_files is None else rule_files
-        return cls(load_rules(files))
+        directory = default_cache_dir() if cache_dir == "default" else cache_dir
+        return cls(load_rules(files), directory)
 
     @property
     def rule_count(self) -> int:
@@ -146,8 +164,13 @@ class Scanner:
             if rule.suppress and context is None:
                 context = SuppressionContext(folded)
             candidate = _confirm(rule, folded, start, end_list, context)
-            if candidate is not None:
-                candidates.append(candidate)
+            if candidate is None:
+                continue
+            if candidate.category in _MENTION_CATEGORIES and is_mention(
+                folded, candidate.start, candidate.end
+            ):
+                candidate = _as_mention(candidate)
+            candidates.append(candidate)
         if probe_ends and depth < _MAX_DECODE_DEPTH:
             for probe_index, end in probe_ends:
                 char_end = end if to_char is None else to_char[end]
@@ -184,6 +207,15 @@ class Scanner:
             rule_id=f"encoding.{probe.encoding.value}:{worst.rule_id}",
             validated=False,
         )
+
+
+def _as_mention(candidate: Candidate) -> Candidate:
+    """The same match, reported as a quoted/cited mention: at most MEDIUM, lower confidence."""
+    return replace(
+        candidate,
+        severity=min(candidate.severity, Severity.MEDIUM),
+        confidence=round(candidate.confidence * _MENTION_CONFIDENCE_FACTOR, 3),
+    )
 
 
 def _offsets(hits: list[RawMatch]) -> set[int]:
