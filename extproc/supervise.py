@@ -70,6 +70,17 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the supervisor dies, even by SIGKILL."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux); elsewhere a no-op failure
+    except (OSError, AttributeError):
+        pass
+
+
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -142,6 +153,7 @@ async def run_parts(
                 *part.argv,
                 env=part.env if part.env is not None else child_env(),
                 stdout=sys.stderr.fileno(),
+                preexec_fn=_die_with_parent,
             )
         waiter = asyncio.create_task(_wait_ready(parts, time.monotonic() + READY_TIMEOUT))
         stopper = asyncio.create_task(stop.wait())

@@ -74,8 +74,12 @@ class Up:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(DEADLINE)
+            self.proc.terminate()
+            try:
+                self.proc.wait(DEADLINE)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()  # children still get SIGTERM (PR_SET_PDEATHSIG)
+                self.proc.wait(DEADLINE)
 
 
 @pytest.fixture
@@ -117,6 +121,16 @@ def test_up_serves_traffic_and_stops_cleanly_on_sigint(up: Up) -> None:
     assert len(children) == 3  # demo upstream, extproc, envoy
     up.proc.send_signal(signal.SIGINT)
     assert up.proc.wait(DEADLINE) == 0
+    assert not any(_alive(pid) for pid in children)
+
+
+def test_children_die_with_a_killed_supervisor(up: Up) -> None:
+    children = up.children()
+    up.proc.kill()
+    up.proc.wait(DEADLINE)
+    deadline = time.monotonic() + DEADLINE
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not any(_alive(pid) for pid in children)
 
 
