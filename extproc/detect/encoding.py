@@ -35,7 +35,12 @@ BASE64_MIN = 24
 HEX_MIN = 32
 
 PROBES: tuple[Probe, ...] = (
-    Probe(Encoding.BASE64, rf"(?:^|[^A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{{{BASE64_MIN}}}", BASE64_MIN, BASE64_CHARS),
+    Probe(
+        Encoding.BASE64,
+        rf"(?:^|[^A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{{{BASE64_MIN}}}",
+        BASE64_MIN,
+        BASE64_CHARS,
+    ),
     Probe(Encoding.HEX, rf"(?:^|[^0-9A-Fa-f])[0-9A-Fa-f]{{{HEX_MIN}}}", HEX_MIN, HEX_CHARS),
 )
 

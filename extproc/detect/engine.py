@@ -8,6 +8,7 @@ what makes one database safe to scan from many threads at once.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 import platform
 import tempfile
@@ -70,7 +71,9 @@ class Engine:
         if not data:
             return hits
         try:
-            self._database.scan(data, match_event_handler=_collect, context=hits, scratch=self._scratch())
+            self._database.scan(
+                data, match_event_handler=_collect, context=hits, scratch=self._scratch()
+            )
         except hyperscan.error as exc:
             raise ScanError(f"hyperscan scan failed: {exc}") from exc
         return hits
@@ -110,7 +113,11 @@ def default_cache_dir() -> Path:
 
 def _cache_key(expressions: Sequence[Expression]) -> str:
     # Serialized databases are only valid for the same hyperscan build and CPU family.
-    digest = hashlib.sha256(f"{hyperscan.__version__}|{platform.machine()}".encode())
+    try:
+        version = importlib.metadata.version("hyperscan")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    digest = hashlib.sha256(f"{version}|{platform.machine()}".encode())
     for expression in expressions:
         digest.update(f"\0{expression.flags}\0{expression.pattern}".encode())
     return digest.hexdigest()[:32]

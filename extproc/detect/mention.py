@@ -1,4 +1,4 @@
-"""Tell a quoted or cited attack phrase ("phrases like 'ignore previous instructions'") from a used one.
+"""Tell a quoted or cited attack phrase ("phrases like 'ignore all rules'") from a used one.
 
 People discuss, test and teach prompt injection, so a regex hit on the phrase alone can't be
 trusted with a block. A phrase wrapped tightly in quotes, or introduced by a citing cue, is

@@ -3,7 +3,7 @@
 Attackers hide keywords with zero-width characters, fullwidth or mathematical letters,
 Cyrillic/Greek look-alikes, accents, and Unicode "tag" characters. Every original character is
 folded on its own (so each output character knows which input character produced it) through
-a cached translation table; plain ASCII text, the common case, skips all of it.
+a cache; plain ASCII text, the common case, skips all of it.
 """
 
 from __future__ import annotations
@@ -15,24 +15,103 @@ from dataclasses import dataclass
 # Invisible characters that are dropped outright (all format "Cf" characters go as well).
 _INVISIBLE = frozenset({0x00AD, 0x034F, 0x180E, 0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF})
 
-# Look-alike letters NFKC leaves alone, folded to the Latin letter they imitate.
+# Look-alike characters NFKC leaves alone, folded to the ASCII character they imitate. Listed
+# by Unicode name because the characters themselves are indistinguishable on screen.
+_LOOKALIKES_BY_NAME: dict[str, str] = {
+    "CYRILLIC SMALL LETTER A": "a",
+    "CYRILLIC SMALL LETTER VE": "b",
+    "CYRILLIC SMALL LETTER IE": "e",
+    "CYRILLIC SMALL LETTER IE WITH GRAVE": "e",
+    "CYRILLIC SMALL LETTER IO": "e",
+    "CYRILLIC SMALL LETTER BYELORUSSIAN-UKRAINIAN I": "i",
+    "CYRILLIC SMALL LETTER YI": "i",
+    "CYRILLIC SMALL LETTER JE": "j",
+    "CYRILLIC SMALL LETTER KA": "k",
+    "CYRILLIC SMALL LETTER O": "o",
+    "CYRILLIC SMALL LETTER ER": "p",
+    "CYRILLIC SMALL LETTER ES": "c",
+    "CYRILLIC SMALL LETTER U": "y",
+    "CYRILLIC SMALL LETTER HA": "x",
+    "CYRILLIC SMALL LETTER DZE": "s",
+    "CYRILLIC SMALL LETTER SHHA": "h",
+    "CYRILLIC SMALL LETTER KOMI DE": "d",
+    "CYRILLIC SMALL LETTER QA": "q",
+    "CYRILLIC SMALL LETTER WE": "w",
+    "CYRILLIC SMALL LETTER PALOCHKA": "l",
+    "CYRILLIC CAPITAL LETTER A": "A",
+    "CYRILLIC CAPITAL LETTER VE": "B",
+    "CYRILLIC CAPITAL LETTER IE": "E",
+    "CYRILLIC CAPITAL LETTER BYELORUSSIAN-UKRAINIAN I": "I",
+    "CYRILLIC CAPITAL LETTER JE": "J",
+    "CYRILLIC CAPITAL LETTER KA": "K",
+    "CYRILLIC CAPITAL LETTER EM": "M",
+    "CYRILLIC CAPITAL LETTER EN": "H",
+    "CYRILLIC CAPITAL LETTER O": "O",
+    "CYRILLIC CAPITAL LETTER ER": "P",
+    "CYRILLIC CAPITAL LETTER ES": "C",
+    "CYRILLIC CAPITAL LETTER TE": "T",
+    "CYRILLIC CAPITAL LETTER U": "Y",
+    "CYRILLIC CAPITAL LETTER HA": "X",
+    "CYRILLIC CAPITAL LETTER DZE": "S",
+    "CYRILLIC CAPITAL LETTER STRAIGHT U": "Y",
+    "CYRILLIC CAPITAL LETTER KOMI DE": "D",
+    "CYRILLIC CAPITAL LETTER QA": "Q",
+    "CYRILLIC CAPITAL LETTER WE": "W",
+    "CYRILLIC LETTER PALOCHKA": "I",
+    "GREEK SMALL LETTER ALPHA": "a",
+    "GREEK SMALL LETTER IOTA": "i",
+    "GREEK SMALL LETTER KAPPA": "k",
+    "GREEK SMALL LETTER NU": "v",
+    "GREEK SMALL LETTER OMICRON": "o",
+    "GREEK SMALL LETTER RHO": "p",
+    "GREEK SMALL LETTER UPSILON": "u",
+    "GREEK SMALL LETTER CHI": "x",
+    "GREEK LUNATE SIGMA SYMBOL": "c",
+    "GREEK LETTER YOT": "j",
+    "GREEK CAPITAL LETTER ALPHA": "A",
+    "GREEK CAPITAL LETTER BETA": "B",
+    "GREEK CAPITAL LETTER EPSILON": "E",
+    "GREEK CAPITAL LETTER ZETA": "Z",
+    "GREEK CAPITAL LETTER ETA": "H",
+    "GREEK CAPITAL LETTER IOTA": "I",
+    "GREEK CAPITAL LETTER KAPPA": "K",
+    "GREEK CAPITAL LETTER MU": "M",
+    "GREEK CAPITAL LETTER NU": "N",
+    "GREEK CAPITAL LETTER OMICRON": "O",
+    "GREEK CAPITAL LETTER RHO": "P",
+    "GREEK CAPITAL LETTER TAU": "T",
+    "GREEK CAPITAL LETTER UPSILON": "Y",
+    "GREEK CAPITAL LETTER CHI": "X",
+    "GREEK CAPITAL LUNATE SIGMA SYMBOL": "C",
+    "LATIN SMALL LETTER DOTLESS I": "i",
+    "LATIN SMALL LETTER DOTLESS J": "j",
+    "LATIN SMALL LETTER ALPHA": "a",
+    "LATIN SMALL LETTER SCRIPT G": "g",
+    "LATIN SMALL LETTER IOTA": "i",
+    "LATIN LETTER SMALL CAPITAL Y": "y",
+    "ARMENIAN SMALL LETTER OH": "o",
+    "ARMENIAN SMALL LETTER SEH": "u",
+    "ARMENIAN SMALL LETTER VO": "n",
+    "HYPHEN": "-",
+    "NON-BREAKING HYPHEN": "-",
+    "FIGURE DASH": "-",
+    "EN DASH": "-",
+    "EM DASH": "-",
+    "HORIZONTAL BAR": "-",
+    "MINUS SIGN": "-",
+    "SMALL HYPHEN-MINUS": "-",
+    "LEFT SINGLE QUOTATION MARK": """,
+    "RIGHT SINGLE QUOTATION MARK": """,
+    "SINGLE LOW-9 QUOTATION MARK": """,
+    "SINGLE HIGH-REVERSED-9 QUOTATION MARK": """,
+    "LEFT DOUBLE QUOTATION MARK": '"',
+    "RIGHT DOUBLE QUOTATION MARK": '"',
+    "DOUBLE LOW-9 QUOTATION MARK": '"',
+    "DOUBLE HIGH-REVERSED-9 QUOTATION MARK": '"',
+}
 _HOMOGLYPHS: dict[str, str] = {
-    # Cyrillic lower / upper
-    "а": "a", "в": "b", "е": "e", "ѐ": "e", "ё": "e", "і": "i", "ї": "i", "ј": "j", "к": "k",
-    "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "ѕ": "s", "һ": "h", "ԁ": "d", "ԛ": "q",
-    "ԝ": "w", "ӏ": "l", "А": "A", "В": "B", "Е": "E", "І": "I", "Ј": "J", "К": "K", "М": "M",
-    "Н": "H", "О": "O", "Р": "P", "С": "C", "Т": "T", "У": "Y", "Х": "X", "Ѕ": "S", "Ү": "Y",
-    "Ԁ": "D", "Ԛ": "Q", "Ԝ": "W", "Ӏ": "I",
-    # Greek lower / upper
-    "α": "a", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "υ": "u", "χ": "x", "ϲ": "c",
-    "ϳ": "j", "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M",
-    "Ν": "N", "Ο": "O", "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X", "Ϲ": "C",
-    # Latin and Armenian oddities
-    "ı": "i", "ȷ": "j", "ɑ": "a", "ɡ": "g", "ɩ": "i", "ʏ": "y", "օ": "o", "ս": "u", "ո": "n",
-    # Dashes, minus signs and curly quotes, so separators and quoting behave like ASCII
-    "‐": "-", "‑": "-", "‒": "-", "–": "-", "—": "-", "―": "-", "−": "-", "﹣": "-",
-    "‘": "'", "’": "'", "‚": "'", "‛": "'", "“": '"', "”": '"', "„": '"', "‟": '"',
-}  # fmt: skip
+    unicodedata.lookup(name): ascii_char for name, ascii_char in _LOOKALIKES_BY_NAME.items()
+}
 
 # Unicode tag characters (U+E0020..U+E007E) shadow printable ASCII and render invisibly:
 # "ASCII smuggling" hides instructions in them, so they are folded back to what they encode.
@@ -56,33 +135,28 @@ def fold_char(code_point: int) -> str:
     compat = unicodedata.normalize("NFKC", ch)
     # Strip combining marks (accents, stacked dots, variation selectors) so "ìgnörè" and
     # "i\u0307gnore" both read "ignore"; NFC afterwards keeps Hangul and the like composed.
-    bare = "".join(c for c in unicodedata.normalize("NFD", compat) if unicodedata.category(c) != "Mn")
+    bare = "".join(
+        c for c in unicodedata.normalize("NFD", compat) if unicodedata.category(c) != "Mn"
+    )
     bare = unicodedata.normalize("NFC", bare)
     return "".join(_HOMOGLYPHS.get(c, c) for c in bare)
 
 
-class _FoldTable(dict[int, str]):
-    """`str.translate` table that folds each code point, computed on first sight and cached."""
-
-    def __missing__(self, code_point: int) -> str:
-        folded = fold_char(code_point)
-        if len(self) < _CACHE_LIMIT:
-            self[code_point] = folded
-        return folded
+_FOLD_CACHE: dict[str, str] = {}
 
 
-class _WidthTable(dict[int, str]):
-    """`str.translate` table giving chr(len(fold)) per code point, to spot non 1:1 folds at C speed."""
+def _fold_cached(ch: str) -> str:
+    folded = _FOLD_CACHE.get(ch)
+    if folded is None:
+        folded = fold_char(ord(ch))
+        if len(_FOLD_CACHE) < _CACHE_LIMIT:
+            _FOLD_CACHE[ch] = folded
+    return folded
 
-    def __missing__(self, code_point: int) -> str:
-        width = chr(len(_FOLD[code_point]))
-        if len(self) < _CACHE_LIMIT:
-            self[code_point] = width
-        return width
 
-
-_FOLD = _FoldTable()
-_WIDTH = _WidthTable()
+# Up to this many distinct changed characters, one C-speed `str.replace` per character beats
+# `str.translate`, which boxes every character of the text into an int for a dict lookup.
+_REPLACE_LIMIT = 24
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,11 +185,34 @@ def normalize(text: str) -> Normalized:
     """Fold text for matching; see the module docstring for what is folded and why."""
     if text.isascii():
         return Normalized(text, len(text))
-    folded = text.translate(_FOLD)
-    widths = text.translate(_WIDTH)
-    if widths.count("\x01") == len(text):
-        return Normalized(folded, len(text))
+    # Work per distinct character, not per character: most non-ASCII text (accented words,
+    # CJK) has few distinct characters that fold to something else, often none.
+    changes: dict[str, str] = {}
+    for ch in set(text):
+        if ch > "\x7f":
+            folded = _fold_cached(ch)
+            if folded != ch:
+                changes[ch] = folded
+    if not changes:
+        return Normalized(text, len(text))
+    if all(len(folded) == 1 for folded in changes.values()):
+        # One character in, one out: offsets are unchanged and no map is needed.
+        if len(changes) > _REPLACE_LIMIT:
+            table = {ord(ch): folded for ch, folded in changes.items()}
+            return Normalized(text.translate(table), len(text))
+        folded_text = text
+        for ch, folded in changes.items():
+            folded_text = folded_text.replace(ch, folded)
+        return Normalized(folded_text, len(text))
+    return _fold_with_map(text, changes)
+
+
+def _fold_with_map(text: str, changes: dict[str, str]) -> Normalized:
+    """Fold when some characters vanish or expand, recording each output char's source index."""
+    pieces: list[str] = []
     origin: list[int] = []
-    for index, width in enumerate(widths):
-        origin.extend([index] * ord(width))
-    return Normalized(folded, len(text), origin)
+    for index, ch in enumerate(text):
+        folded = changes.get(ch, ch)
+        pieces.append(folded)
+        origin.extend([index] * len(folded))
+    return Normalized("".join(pieces), len(text), origin)

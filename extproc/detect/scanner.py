@@ -85,7 +85,7 @@ class Scanner:
         cls,
         rule_files: Sequence[Path] | None = None,
         *,
-        cache_dir: Path | None | Literal["default"] = "default",
+        cache_dir: Path | Literal["default"] | None = "default",
     ) -> Scanner:
         """Compile the given packs, or every bundled `policies/rules/*.yaml` when None.
 
@@ -136,10 +136,7 @@ class Scanner:
 
     def _candidates(self, folded: str, role: Role, depth: int) -> list[Candidate]:
         """Resolved matches over already-folded text, in folded-text offsets."""
-        if folded.isascii():
-            data = folded.encode("ascii")
-        else:
-            data = folded.encode("utf-8")
+        data = folded.encode("utf-8")
         hits = self._engine.scan(data)
         if not hits:
             return []

@@ -1,5 +1,8 @@
 """The scanner never raises on any text, and its offsets always index the input."""
 
+# These tests feed look-alike characters on purpose.
+# ruff: noqa: RUF001
+
 from __future__ import annotations
 
 import base64
@@ -37,13 +40,17 @@ def _check(scanner: Scanner, text: str, role: Role) -> None:
     redact(text, findings)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(text=_text, role=st.sampled_from(list(Role)))
 def test_scan_never_raises(scanner: Scanner, text: str, role: Role) -> None:
     _check(scanner, text, role)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(piece=st.sampled_from(_FRAGMENTS), count=st.integers(min_value=1, max_value=20_000))
 def test_huge_repeats(scanner: Scanner, piece: str, count: int) -> None:
     _check(scanner, piece * count, Role.USER)

@@ -1,5 +1,8 @@
 """Folding and the offset map back to the original text."""
 
+# These tests feed look-alike characters on purpose.
+# ruff: noqa: RUF001
+
 from __future__ import annotations
 
 import pytest

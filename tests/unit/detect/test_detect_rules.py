@@ -111,7 +111,9 @@ def test_bad_rule_is_reported_with_file_and_rule_id(
 
 
 def test_regex_that_does_not_compile_names_the_rule(tmp_path: Path) -> None:
-    body = GOOD_RULE + """
+    body = (
+        GOOD_RULE
+        + """
   - id: t.broken
     category: jailbreak
     pattern: '(?<=x)y'
@@ -119,6 +121,7 @@ def test_regex_that_does_not_compile_names_the_rule(tmp_path: Path) -> None:
     confidence: 0.9
     description: lookbehind is not supported by hyperscan
 """
+    )
     with pytest.raises(RulePackError, match=r"t\.broken.*does not compile"):
         Scanner.load([_pack(tmp_path, body)], cache_dir=None)
 
