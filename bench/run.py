@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from extproc.config import Config, dump_config, load_config
+from extproc.config import Config, dump_config, load_config, parse_scalar
 from extproc.envoy_config import render
 from extproc.stack import envoy_binary
 
@@ -82,6 +82,25 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def free_port_block(count: int) -> int:
+    """First of `count` consecutive free loopback ports (worker i listens on first+i)."""
+    for _ in range(100):
+        first = free_port()
+        sockets = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError(f"no block of {count} free ports")
 
 
 def wait_http(url: str, expect: bytes = b"", timeout: float = 30) -> None:
@@ -276,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="extproc server processes (1)")
     parser.add_argument("--connections", default="1,16", help="wrk connection counts (1,16)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
+    parser.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="PATH=VALUE",
+        help="extra extproc setting for the run, e.g. --set enable_security_analysis=false",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.duration <= 60 or not 1 <= args.rounds <= 5:
         parser.error("--duration must be 1..60 and --rounds 1..5 (bounded load)")
@@ -295,11 +318,14 @@ def _bench(work: Path, conns: list[int], args: argparse.Namespace) -> tuple[list
         "envoy.upstream_url": f"http://127.0.0.1:{up_port}",
         "envoy.listen_port": free_port(),
         "envoy.admin_port": free_port(),
-        "server.grpc_port": free_port(),
+        "server.grpc_port": free_port_block(args.workers),
         "server.admin_port": free_port(),
         "server.workers": args.workers,
         "logging.level": "warning",
     }
+    for item in args.sets:
+        path, _, value = item.partition("=")
+        settings[path] = parse_scalar(value)
     config: Config = load_config(environ={}, overrides=settings.items())
     alone_cfg = config.model_copy(
         update={

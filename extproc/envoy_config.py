@@ -17,6 +17,7 @@ from extproc.config import Config
 _T = "type.googleapis.com/envoy."
 EXTPROC_CLUSTER = "extproc"
 UPSTREAM_CLUSTER = "llm_upstream"
+VERDICT_HEADERS = ("x-llmtrace-trace-id", "x-llmtrace-flagged", "x-llmtrace-findings")
 # Envoy adds framing around the body it sends us; keep its gRPC cap above the body cap.
 _GRPC_FRAME_SLACK = 64 * 1024
 # LLM answers can take minutes; Envoy's 15 s default route timeout would cut them off.
@@ -202,6 +203,15 @@ def render(
     ports = list(extproc_ports) if extproc_ports is not None else grpc_ports(config)
     upstream = urlsplit(config.envoy.upstream_url)
     route: dict[str, Any] = {"cluster": UPSTREAM_CLUSTER, "timeout": _ROUTE_TIMEOUT}
+    # extproc writes these on the upstream request; Envoy copies them to the client's
+    # response, which saves a gRPC message whenever the response needs no checking.
+    copy_headers = [
+        {
+            "header": {"key": name, "value": f"%REQ({name})%"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }
+        for name in VERDICT_HEADERS
+    ]
     if upstream.scheme == "https" and upstream.hostname:
         route["host_rewrite_literal"] = upstream.hostname
     hcm = {
@@ -215,6 +225,7 @@ def render(
                     "name": "llm",
                     "domains": ["*"],
                     "routes": [{"match": {"prefix": "/"}, "route": route}],
+                    "response_headers_to_add": copy_headers,
                 }
             ],
         },

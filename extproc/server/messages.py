@@ -122,12 +122,14 @@ def immediate_response(
     )
 
 
-def processing_mode(*, request_body: int, response_body: int) -> processing_mode_pb2.ProcessingMode:
+def processing_mode(
+    *, request_body: int, response_body: int, response_headers: bool = True
+) -> processing_mode_pb2.ProcessingMode:
     """A complete mode_override: Envoy replaces the whole mode, so every field is set."""
     mode = processing_mode_pb2.ProcessingMode
     return mode(
         request_header_mode=mode.SEND,
-        response_header_mode=mode.SEND,
+        response_header_mode=mode.SEND if response_headers else mode.SKIP,
         request_body_mode=request_body,
         response_body_mode=response_body,
         request_trailer_mode=mode.SKIP,

@@ -119,12 +119,18 @@ class RequestProcessor:
         check_response = engine.output_enabled and st.dialect is not None
         if not st.scan_request:
             engine.metrics.requests.labels("unscanned", st.dialect_label).inc()
-        remove = ("accept-encoding",) if check_response else ()  # compressed bodies can't be read
+        # Our verdict headers must come from us, never from the client.
+        remove = [FLAGGED_HEADER, FINDINGS_HEADER]
+        if check_response:
+            remove.append("accept-encoding")  # a compressed response could not be read
         mode = None
         if not st.scan_request or not check_response:
+            # Envoy copies the trace and verdict headers to the response itself (route
+            # response_headers_to_add), so with nothing to check the response costs no message.
             mode = messages.processing_mode(
                 request_body=Mode.BUFFERED if st.scan_request else Mode.NONE,
                 response_body=Mode.BUFFERED if check_response else Mode.NONE,
+                response_headers=check_response,
             )
         return messages.request_headers_response({TRACE_HEADER: st.trace_id}, remove, mode)
 
@@ -183,7 +189,7 @@ class RequestProcessor:
 
     # -- response headers ------------------------------------------------------------------
     async def response_headers(self, msg: pb.HttpHeaders) -> pb.ProcessingResponse:
-        """Tag the response with the trace id; buffer its body only if there is work to do."""
+        """Buffer the response body only if it is JSON we can read; else switch it off."""
         st = self.state
         headers = messages.header_map(msg)
         content_type = headers.get("content-type", "").lower()
@@ -198,11 +204,7 @@ class RequestProcessor:
                     reason = "event_stream"
                 self.engine.metrics.unscanned.labels("response", reason).inc()
             mode = messages.processing_mode(request_body=Mode.NONE, response_body=Mode.NONE)
-        extra = {TRACE_HEADER: st.trace_id}
-        decision = st.request_decision
-        if decision is not None and decision.flagged:
-            extra.update(_flag_headers(decision))
-        return messages.response_headers_response(extra, (), mode)
+        return messages.response_headers_response(None, (), mode)
 
     # -- response body ---------------------------------------------------------------------
     async def response_body(self, msg: pb.HttpBody) -> pb.ProcessingResponse:

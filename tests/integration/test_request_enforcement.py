@@ -154,6 +154,23 @@ def test_flag_mode_forwards_with_headers() -> None:
         assert resp.headers["x-llmtrace-flagged"] == "true"
 
 
+def test_client_cannot_spoof_verdict_headers(stack: Stack) -> None:
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello"}]}
+    spoofed = {
+        "x-llmtrace-flagged": "false",
+        "x-llmtrace-findings": "none",
+        "x-llmtrace-trace-id": "client-chosen",
+    }
+    resp = stack.post("/v1/chat/completions", body, headers=spoofed)
+    assert resp.status_code == 200
+    (received,) = stack.upstream.requests
+    assert "x-llmtrace-flagged" not in received.headers
+    assert "x-llmtrace-findings" not in received.headers
+    assert received.headers["x-llmtrace-trace-id"] != "client-chosen"
+    assert resp.headers["x-llmtrace-trace-id"] == received.headers["x-llmtrace-trace-id"]
+    assert "x-llmtrace-flagged" not in resp.headers
+
+
 def test_unknown_path_passes_through_unscanned(stack: Stack) -> None:
     resp = stack.client.get("/v1/models")
     assert resp.status_code == 200
