@@ -13,6 +13,7 @@ from typing import Any
 
 from extproc import __version__
 from extproc.config import Config, ConfigError, dump_config, load_config, parse_scalar
+from extproc.detect.errors import RulePackError
 
 # CLI flags that are shortcuts for config paths; `--set PATH=VALUE` reaches the rest.
 _FLAG_PATHS = {
@@ -172,6 +173,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"extproc: invalid configuration{where}:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
+        return 1
+    except RulePackError as exc:
+        print(f"extproc: invalid rule pack: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"extproc: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

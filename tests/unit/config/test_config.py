@@ -97,3 +97,15 @@ def test_validate_reports_errors_and_exits_1(
 def test_bad_set_flag(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", "--set", "novalue"]) == 1
     assert "expected PATH=VALUE" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_bad_rule_pack(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n  - id: bad.one\n    category: nonsense\n    pattern: x\n    severity: high\n"
+        "    confidence: 0.5\n    description: d\n"
+    )
+    assert main(["serve", "--set", f"security_analysis.rule_files=[{rules}]"]) == 1
+    err = capsys.readouterr().err
+    assert "invalid rule pack" in err
+    assert "rule 'bad.one'" in err
