@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import socket
@@ -85,9 +86,13 @@ def free_port() -> int:
 
 
 def free_port_block(count: int) -> int:
-    """First of `count` consecutive free loopback ports (worker i listens on first+i)."""
+    """First of `count` consecutive free loopback ports (worker i listens on first+i).
+
+    Searched below the ephemeral range: after a load run, the neighbours of an ephemeral
+    port are often held in TIME_WAIT by closed client connections.
+    """
     for _ in range(100):
-        first = free_port()
+        first = random.randrange(20000, 30000)
         sockets = []
         try:
             for port in range(first, first + count):
@@ -296,7 +301,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", default="1,16", help="wrk connection counts (1,16)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     parser.add_argument(
-        "--set", dest="sets", action="append", default=[], metavar="PATH=VALUE",
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
         help="extra extproc setting for the run, e.g. --set enable_security_analysis=false",
     )
     args = parser.parse_args(argv)
@@ -327,6 +336,15 @@ def _bench(work: Path, conns: list[int], args: argparse.Namespace) -> tuple[list
         path, _, value = item.partition("=")
         settings[path] = parse_scalar(value)
     config: Config = load_config(environ={}, overrides=settings.items())
+    noop_port = free_port()
+    noop_cfg = config.model_copy(
+        update={
+            "envoy": config.envoy.model_copy(
+                update={"listen_port": free_port(), "admin_port": free_port()}
+            ),
+            "server": config.server.model_copy(update={"grpc_port": noop_port, "workers": 1}),
+        }
+    )
     alone_cfg = config.model_copy(
         update={
             "envoy": config.envoy.model_copy(
@@ -348,23 +366,30 @@ def _bench(work: Path, conns: list[int], args: argparse.Namespace) -> tuple[list
         process(envoy(mock_upstream_config(up_port, up_admin), work, "mock", 1), work / "m.log"),
         process(envoy(render(alone_cfg, ext_proc=False), work, "alone", 2), work / "a.log"),
         process(envoy(render(config), work, "front", 2), work / "f.log"),
+        process(envoy(render(noop_cfg), work, "noop", 2), work / "n.log"),
+        process(
+            [sys.executable, str(Path(__file__).with_name("noop_extproc.py")), str(noop_port)],
+            work / "noop.log",
+        ),
         process(
             [sys.executable, "-m", "extproc.cli", "serve", "--config", str(work / "extproc.yaml")],
             work / "x.log",
         ),
     ):
-        for admin in (up_admin, alone_admin, config.envoy.admin_port):
+        for admin in (up_admin, alone_admin, config.envoy.admin_port, noop_cfg.envoy.admin_port):
             wait_http(f"http://127.0.0.1:{admin}/ready", b"LIVE")
         wait_http(admin_url + "/health")
         front = f"http://127.0.0.1:{config.envoy.listen_port}/v1/chat/completions"
         alone = f"http://127.0.0.1:{alone_port}/v1/chat/completions"
-        for url in (front, alone):  # warm up connections and caches
+        noop = f"http://127.0.0.1:{noop_cfg.envoy.listen_port}/v1/chat/completions"
+        for url in (front, alone, noop):  # warm up connections and caches
             run_wrk(url, script, 2, 1, "warmup")
         results: list[Result] = []
         before = scrape(admin_url)
         for _ in range(args.rounds):
             for c in conns:
                 results.append(run_wrk(alone, script, c, args.duration, "envoy alone"))
+                results.append(run_wrk(noop, script, c, args.duration, "envoy + no-op ext_proc"))
                 results.append(run_wrk(front, script, c, args.duration, "envoy + extproc"))
         msgs = messages_per_request(before, scrape(admin_url))
     return results, msgs
@@ -387,7 +412,7 @@ def _report(results: list[Result], msgs: float, args: argparse.Namespace) -> Non
     print(
         f"# extproc bench — {time.strftime('%Y-%m-%d')} — {platform.node()} "
         f"({os.cpu_count()} cpus), {args.duration}s x {args.rounds} rounds, "
-        f"workers={args.workers}, 1 KB chat body, full regex detection"
+        f"workers={args.workers}, 1 KB chat body, settings: {args.sets or 'defaults'}"
     )
     print(f"ext_proc messages per request: {msgs:.2f}")
     print("| connections | config | RPS | p50 ms | p99 ms | non-2xx |")
@@ -395,8 +420,9 @@ def _report(results: list[Result], msgs: float, args: argparse.Namespace) -> Non
     summary: dict[str, Any] = {"messages_per_request": msgs, "runs": [asdict(r) for r in results]}
     for c in conns:
         a = _median(results, "envoy alone", c)
+        n = _median(results, "envoy + no-op ext_proc", c)
         b = _median(results, "envoy + extproc", c)
-        for r in (a, b):
+        for r in (a, n, b):
             print(
                 f"| {c} | {r.label} | {r.rps:.0f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | {r.errors} |"
             )
@@ -404,10 +430,16 @@ def _report(results: list[Result], msgs: float, args: argparse.Namespace) -> Non
             f"| {c} | **delta / ratio** | {b.rps / a.rps:.2f}x | +{b.p50_ms - a.p50_ms:.3f} | "
             f"+{b.p99_ms - a.p99_ms:.3f} | |"
         )
+        print(
+            f"| {c} | **extproc vs no-op** | {b.rps / n.rps:.2f}x | +{b.p50_ms - n.p50_ms:.3f} | "
+            f"+{b.p99_ms - n.p99_ms:.3f} | |"
+        )
         summary[f"c{c}"] = {
             "rps_ratio": b.rps / a.rps,
             "p50_delta_ms": b.p50_ms - a.p50_ms,
             "p99_delta_ms": b.p99_ms - a.p99_ms,
+            "rps_ratio_vs_noop": b.rps / n.rps,
+            "p50_delta_vs_noop_ms": b.p50_ms - n.p50_ms,
         }
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
