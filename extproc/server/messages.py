@@ -13,11 +13,13 @@ BodySendMode = processing_mode_pb2.ProcessingMode.BodySendMode
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
-def header_map(headers: pb.HttpHeaders) -> dict[str, str]:
-    """Lower-cased header dict; Envoy sends values in raw_value (bytes) or value."""
+def header_map(headers: pb.HttpHeaders, wanted: frozenset[str]) -> dict[str, str]:
+    """The `wanted` headers (lower-case names) as a dict; values come in raw_value or value."""
     out: dict[str, str] = {}
     for h in headers.headers.headers:
-        out[h.key.lower()] = h.raw_value.decode("latin-1") if h.raw_value else h.value
+        key = h.key.lower()  # Envoy lower-cases already; cheap insurance for other clients
+        if key in wanted:
+            out[key] = h.raw_value.decode("latin-1") if h.raw_value else h.value
     return out
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +28,7 @@ from extproc.dialects.routing import default_dialect_for_path, dialect_for_path,
 from extproc.policy.decision import Decision, Verdict, finding_types
 from extproc.policy.inspect import Inspection, Inspector
 from extproc.server import messages
-from extproc.server.tenancy import agent_from_headers, tenant_from_headers
+from extproc.server.tenancy import TENANCY_HEADERS, agent_from_headers, tenant_from_headers
 from extproc.telemetry.metrics import Metrics
 
 log = logging.getLogger("extproc.processor")
@@ -41,6 +41,10 @@ FINDINGS_HEADER = "x-llmtrace-findings"
 # every other stream on the event loop.
 _INLINE_SCAN_LIMIT = 64 * 1024
 _JSON_TYPES = ("application/json", "+json")
+_REQUEST_HEADERS = frozenset(
+    {":path", ":method", "content-length", "authorization", "x-api-key", *TENANCY_HEADERS}
+)
+_RESPONSE_HEADERS = frozenset({"content-type", "content-encoding"})
 
 
 class Rejection(Exception):
@@ -56,7 +60,9 @@ class Rejection(Exception):
 class StreamState:
     """What one request has shown so far."""
 
-    trace_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # 128 random bits like uuid4().hex; a PRNG because os.urandom is a slow syscall in VMs,
+    # and trace ids are identifiers, not secrets (admin access is authenticated).
+    trace_id: str = field(default_factory=lambda: f"{random.getrandbits(128):032x}")
     path: str = ""
     method: str = ""
     tenant_id: str | None = None
@@ -99,7 +105,7 @@ class RequestProcessor:
     # -- request headers -------------------------------------------------------------------
     async def request_headers(self, msg: pb.HttpHeaders) -> pb.ProcessingResponse:
         """Identify route, tenant and dialect; decide which later phases are needed."""
-        headers = messages.header_map(msg)
+        headers = messages.header_map(msg, _REQUEST_HEADERS)
         st = self.state
         st.path = headers.get(":path", "")
         st.method = headers.get(":method", "")
@@ -118,7 +124,7 @@ class RequestProcessor:
         )
         check_response = engine.output_enabled and st.dialect is not None
         if not st.scan_request:
-            engine.metrics.requests.labels("unscanned", st.dialect_label).inc()
+            engine.metrics.inc(engine.metrics.requests, "unscanned", st.dialect_label)
         # Our verdict headers must come from us, never from the client.
         remove = [FLAGGED_HEADER, FINDINGS_HEADER]
         if check_response:
@@ -150,7 +156,7 @@ class RequestProcessor:
         st.request_decision = decision
         self._count_findings(decision.findings, "request")
         if decision.blocked:
-            engine.metrics.requests.labels(Verdict.BLOCKED.value, st.dialect_label).inc()
+            engine.metrics.inc(engine.metrics.requests, Verdict.BLOCKED.value, st.dialect_label)
             types = ", ".join(finding_types(decision.blocked))
             log.info("blocked trace=%s tenant=%s findings=%s", st.trace_id, st.tenant_id, types)
             return self._error(
@@ -158,7 +164,7 @@ class RequestProcessor:
                 f"Request blocked by security policy: {types}",
                 code="content_policy_violation",
             )
-        engine.metrics.requests.labels(decision.verdict.value, st.dialect_label).inc()
+        engine.metrics.inc(engine.metrics.requests, decision.verdict.value, st.dialect_label)
         return messages.request_body_response(inspection.body, _flag_headers(decision))
 
     async def _inspect_request(self, body: bytes) -> Inspection:
@@ -191,7 +197,7 @@ class RequestProcessor:
     async def response_headers(self, msg: pb.HttpHeaders) -> pb.ProcessingResponse:
         """Buffer the response body only if it is JSON we can read; else switch it off."""
         st = self.state
-        headers = messages.header_map(msg)
+        headers = messages.header_map(msg, _RESPONSE_HEADERS)
         content_type = headers.get("content-type", "").lower()
         st.response_json = any(t in content_type for t in _JSON_TYPES)
         readable = st.response_json and "content-encoding" not in headers
@@ -202,7 +208,7 @@ class RequestProcessor:
                 # SSE responses are passed through here; streaming analysis is separate work.
                 if "text/event-stream" in content_type:
                     reason = "event_stream"
-                self.engine.metrics.unscanned.labels("response", reason).inc()
+                self.engine.metrics.inc(self.engine.metrics.unscanned, "response", reason)
             mode = messages.processing_mode(request_body=Mode.NONE, response_body=Mode.NONE)
         return messages.response_headers_response(None, (), mode)
 
@@ -216,14 +222,16 @@ class RequestProcessor:
             segments = st.dialect.extract_response(st.path, parsed)
         except DialectError:
             # Not ours to reject: an upstream error page or a shape we don't know.
-            self.engine.metrics.unscanned.labels("response", "unparsed").inc()
+            self.engine.metrics.inc(self.engine.metrics.unscanned, "response", "unparsed")
             return messages.response_body_response()
         inspection = await self._run(
             self.engine.inspector.response, segments, parsed, len(msg.body)
         )
         decision = inspection.decision
         self._count_findings(decision.findings, "response")
-        self.engine.metrics.responses.labels(decision.verdict.value, st.dialect_label).inc()
+        self.engine.metrics.inc(
+            self.engine.metrics.responses, decision.verdict.value, st.dialect_label
+        )
         return messages.response_body_response(inspection.body, _flag_headers(decision))
 
     # -- errors ----------------------------------------------------------------------------
@@ -235,15 +243,15 @@ class RequestProcessor:
 
     def rejection(self, exc: Rejection) -> pb.ProcessingResponse:
         """The client-error answer for a request extproc refuses to analyse."""
-        self.engine.metrics.bad_requests.labels(exc.reason).inc()
-        self.engine.metrics.requests.labels("rejected", self.state.dialect_label).inc()
+        self.engine.metrics.inc(self.engine.metrics.bad_requests, exc.reason)
+        self.engine.metrics.inc(self.engine.metrics.requests, "rejected", self.state.dialect_label)
         code = "request_too_large" if exc.status == 413 else "invalid_request"
         return self._error(exc.status, str(exc), code=code)
 
     def failure(self, phase: str, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
         """Our own bug or a timeout: fail this one request per failure_mode, never the server."""
         mode = self.engine.config.server.failure_mode
-        self.engine.metrics.errors.labels(phase, mode).inc()
+        self.engine.metrics.inc(self.engine.metrics.errors, phase, mode)
         if mode == "closed":
             return self._error(
                 500,
@@ -255,7 +263,7 @@ class RequestProcessor:
     def _count_findings(self, findings: tuple[Finding, ...], direction: str) -> None:
         counter = self.engine.metrics.findings
         for f in findings:
-            counter.labels(f.type, str(f.severity), direction).inc()
+            self.engine.metrics.inc(counter, f.type, str(f.severity), direction)
 
 
 def _continue(phase: str) -> pb.ProcessingResponse:
@@ -327,7 +335,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                         "processing failed trace=%s phase=%s", processor.state.trace_id, phase
                     )
                     response = processor.failure(phase, request)
-                metrics.phase_seconds.labels(phase).observe(time.perf_counter() - started)
+                metrics.child(metrics.phase_seconds, phase).observe(time.perf_counter() - started)
                 yield response
                 if response.HasField("immediate_response"):
                     return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -33,6 +34,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
             # Several worker processes (`server.workers`): each writes its values to files
@@ -95,6 +97,18 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, cached: label lookups were a tenth of the per-request cost."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
+
+    def inc(self, counter: Counter, *values: str) -> None:
+        """Add one to the counter child with these label values."""
+        self.child(counter, *values).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""
