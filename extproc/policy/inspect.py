@@ -7,13 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import orjson
-
 from extproc.config import Config
 from extproc.detect.findings import Finding
 from extproc.detect.redact import redact
 from extproc.detect.scanner import Scanner
 from extproc.dialects.base import Segment
+from extproc.dialects.jsonbody import dump_json
 from extproc.dialects.jsonpath import set_at
 from extproc.policy.decision import Decision, decide_request, decide_response
 
@@ -64,4 +63,4 @@ def _rewrite(body: Any, segments: Sequence[Segment], decision: Decision) -> byte
     for index, findings in by_segment.items():
         segment = segments[index]
         set_at(body, segment.path, redact(segment.text, findings))
-    return orjson.dumps(body)
+    return dump_json(body)

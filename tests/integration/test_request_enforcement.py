@@ -90,6 +90,14 @@ def test_malformed_json_is_400_in_dialect(stack: Stack) -> None:
     resp = stack.post("/v1/messages", content=b"not json", headers=headers)
     assert resp.status_code == 400
     assert resp.json()["type"] == "error"
+    smuggled = (
+        b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "'
+        + INJECTION.encode()
+        + b'"}], "messages": [{"role": "user", "content": "hi"}]}'
+    )
+    resp = stack.post("/v1/chat/completions", content=smuggled, headers=headers)
+    assert resp.status_code == 400
+    assert "duplicate key 'messages'" in resp.json()["error"]["message"]
     wrong_shape = {"model": "gpt-4o", "messages": "hello"}
     resp = stack.post("/v1/chat/completions", wrong_shape)
     assert resp.status_code == 400
@@ -140,6 +148,68 @@ def test_pii_alert_and_redact_rewrites_body_with_correct_length() -> None:
         assert content == "Email [PII:EMAIL], card [PII:CREDIT_CARD], about my order"
         assert int(received.headers["content-length"]) == len(received.body)
         assert "john@example.com" not in received.body.decode()
+
+
+def test_redaction_respects_checksums_code_fences_and_dialects() -> None:
+    with running_stack({"pii.action": "alert_and_redact"}) as s:
+        text = (
+            "IBAN DE89 3704 0044 0532 0130 00, not a card 4111 1111 1111 1112.\n"
+            "```\ntest_card = '4111 1111 1111 1111'\n```"
+        )
+        resp = s.post(
+            "/v1/messages",
+            {
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 10,
+                "messages": [{"role": "user", "content": text}],
+            },
+        )
+        assert resp.status_code == 200, resp.text
+        sent = json.loads(s.upstream.requests[0].body)["messages"][0]["content"]
+        assert sent == text.replace("DE89 3704 0044 0532 0130 00", "[PII:IBAN]")
+        s.upstream.clear()
+        call = {
+            "id": "c1",
+            "type": "function",
+            "function": {"name": "send", "arguments": '{"to": "jane@corp.example"}'},
+        }
+        body = {
+            "model": "gpt-4o",
+            "messages": [
+                {"role": "user", "content": "mail her"},
+                {"role": "assistant", "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "c1", "content": "sent"},
+            ],
+        }
+        assert s.post("/v1/chat/completions", body).status_code == 200
+        (received,) = s.upstream.requests
+        forwarded = json.loads(received.body)["messages"][1]["tool_calls"][0]["function"]
+        assert json.loads(forwarded["arguments"]) == {"to": "[PII:EMAIL]"}
+        assert int(received.headers["content-length"]) == len(received.body)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/responses", {"model": "gpt-4o", "input": INJECTION}),
+        (
+            "/v1/responses",
+            {
+                "model": "gpt-4o",
+                "instructions": "Be brief.",
+                "input": [{"role": "user", "content": [{"type": "input_text", "text": INJECTION}]}],
+            },
+        ),
+        ("/v1/completions", {"model": "gpt-3.5-turbo-instruct", "prompt": [INJECTION]}),
+    ],
+)
+def test_injection_blocked_on_other_openai_endpoints(
+    stack: Stack, path: str, body: dict[str, object]
+) -> None:
+    resp = stack.post(path, body)
+    assert resp.status_code == 403
+    assert resp.json()["error"]["code"] == "content_policy_violation"
+    assert stack.upstream.requests == []
 
 
 def test_flag_mode_forwards_with_headers() -> None:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from extproc.dialects import ANTHROPIC, OPENAI
+from extproc.dialects import ANTHROPIC, OPENAI, DialectError, parse_json
 
 
 @pytest.mark.parametrize(
@@ -67,3 +67,22 @@ def test_error_message_is_escaped() -> None:
     message = 'quote " backslash \\ newline \n unicode é'
     assert json.loads(OPENAI.error_body(400, message))["error"]["message"] == message
     assert json.loads(ANTHROPIC.error_body(400, message))["error"]["message"] == message
+
+
+def test_duplicate_keys_are_refused_anywhere() -> None:
+    for raw in (
+        b'{"messages": [{"role": "user", "content": "hi"}], "messages": []}',
+        b'{"messages": [{"role": "user", "content": "a", "content": "b"}]}',
+    ):
+        with pytest.raises(DialectError, match="duplicate key"):
+            parse_json(raw)
+
+
+def test_big_integers_survive_a_rewrite() -> None:
+    from extproc.dialects import parse_json as _parse_json
+    from extproc.dialects.jsonbody import dump_json
+
+    raw = b'{"seed": 123456789012345678901234567890, "t": "caf\xc3\xa9"}'
+    assert (
+        dump_json(_parse_json(raw)) == b'{"seed":123456789012345678901234567890,"t":"caf\xc3\xa9"}'
+    )

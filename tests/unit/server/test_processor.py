@@ -9,6 +9,8 @@ import orjson
 import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from extproc.config import Config, load_config
 from extproc.detect.findings import Finding, Role
@@ -102,3 +104,61 @@ async def test_unknown_path_switches_bodies_off() -> None:
         for h in answer.request_headers.response.header_mutation.set_headers
     }
     assert len(trace["x-llmtrace-trace-id"]) == 32
+
+
+_REAL_ENGINE: list[Engine] = []
+
+
+def real_engine() -> Engine:
+    if not _REAL_ENGINE:
+        from extproc.server.app import build_engine
+
+        _REAL_ENGINE.append(build_engine(Config()))
+    return _REAL_ENGINE[0]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=40),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "model",
+                    "messages",
+                    "role",
+                    "content",
+                    "type",
+                    "text",
+                    "input",
+                    "system",
+                    "tool_calls",
+                    "function",
+                    "arguments",
+                    "prompt",
+                ]
+            ),
+            children,
+            max_size=4,
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    path=st.sampled_from([CHAT, "/v1/messages", "/v1/responses", "/v1/completions"]),
+    payload=st.one_of(json_values.map(orjson.dumps), st.binary(max_size=200)),
+)
+async def test_any_body_gets_a_well_formed_answer(path: str, payload: bytes) -> None:
+    engine = real_engine()
+    answers = await run(engine, headers(path), body(payload))
+    assert len(answers) == 2
+    last = answers[-1]
+    if last.HasField("immediate_response"):
+        assert last.immediate_response.status.code in (400, 403)
+        assert orjson.loads(last.immediate_response.body)
+    else:
+        assert last.HasField("request_body")
+    assert "extproc_errors_total{" not in engine.metrics.render().decode()
