@@ -218,6 +218,11 @@ def render(
         "@type": _T + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "llm_ingress",
         "codec_type": "AUTO",
+        # extproc picks the dialect from the path; normalise it first (RFC 3986 dot
+        # segments, duplicate slashes, %2F) so extproc sees the path the upstream will.
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "UNESCAPE_AND_FORWARD",
         "route_config": {
             "name": "llm_routes",
             "virtual_hosts": [

@@ -31,8 +31,10 @@ ANTHROPIC_PREFIXES: tuple[str, ...] = ("/v1/messages", "/v1/complete")
 
 
 def strip_query(path: str) -> str:
-    """The path without its query string, fragment, or one trailing slash."""
-    path = path.split("?", 1)[0].split("#", 1)[0]
+    """The path, lower-cased, without its query string, fragment, or one trailing slash."""
+    # Lower-cased because some gateways route case-insensitively: a path that reaches the
+    # upstream's chat endpoint must be scanned as chat, however it is spelt.
+    path = path.split("?", 1)[0].split("#", 1)[0].lower()
     return path[:-1] if len(path) > 1 and path.endswith("/") else path
 
 

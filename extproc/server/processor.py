@@ -42,7 +42,7 @@ FINDINGS_HEADER = "x-llmtrace-findings"
 _INLINE_SCAN_LIMIT = 64 * 1024
 _JSON_TYPES = ("application/json", "+json")
 _REQUEST_HEADERS = frozenset(
-    {":path", ":method", "content-length", "authorization", "x-api-key", *TENANCY_HEADERS}
+    {":path", ":method", "content-length", "content-encoding", *TENANCY_HEADERS}
 )
 _RESPONSE_HEADERS = frozenset({"content-type", "content-encoding"})
 
@@ -122,6 +122,11 @@ class RequestProcessor:
             and not msg.end_of_stream
             and (st.dialect is not None or engine.config.security_analysis.scan_unknown_paths)
         )
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if st.scan_request and encoding != "identity":
+            # A compressed body cannot be scanned, and passing it unscanned would be a bypass.
+            message = f"Content-Encoding {encoding!r} is not supported; send the body uncompressed."
+            raise Rejection(415, message, "encoded")
         check_response = engine.output_enabled and st.dialect is not None
         if not st.scan_request:
             engine.metrics.inc(engine.metrics.requests, "unscanned", st.dialect_label)
@@ -245,7 +250,9 @@ class RequestProcessor:
         """The client-error answer for a request extproc refuses to analyse."""
         self.engine.metrics.inc(self.engine.metrics.bad_requests, exc.reason)
         self.engine.metrics.inc(self.engine.metrics.requests, "rejected", self.state.dialect_label)
-        code = "request_too_large" if exc.status == 413 else "invalid_request"
+        code = {413: "request_too_large", 415: "unsupported_content_encoding"}.get(
+            exc.status, "invalid_request"
+        )
         return self._error(exc.status, str(exc), code=code)
 
     def failure(self, phase: str, request: pb.ProcessingRequest) -> pb.ProcessingResponse:

@@ -224,6 +224,21 @@ def test_flag_mode_forwards_with_headers() -> None:
         assert resp.headers["x-llmtrace-flagged"] == "true"
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1//chat/completions",
+        "/v1/chat%2Fcompletions",
+        "/v1/x/../chat/completions",
+        "/V1/Chat/Completions",
+    ],
+)
+def test_path_tricks_are_still_scanned(stack: Stack, path: str) -> None:
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": INJECTION}]}
+    assert stack.post(path, body).status_code == 403
+    assert stack.upstream.requests == []
+
+
 def test_client_cannot_spoof_verdict_headers(stack: Stack) -> None:
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello"}]}
     spoofed = {

@@ -162,3 +162,11 @@ async def test_any_body_gets_a_well_formed_answer(path: str, payload: bytes) -> 
     else:
         assert last.HasField("request_body")
     assert "extproc_errors_total{" not in engine.metrics.render().decode()
+
+
+async def test_compressed_request_body_is_refused_not_bypassed() -> None:
+    engine = engine_with(BrokenScanner(), Config())
+    (answer,) = await run(engine, headers(CHAT, **{"content-encoding": "gzip"}))
+    assert answer.immediate_response.status.code == 415
+    error = orjson.loads(answer.immediate_response.body)["error"]
+    assert "Content-Encoding 'gzip'" in error["message"]
