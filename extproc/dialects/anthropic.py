@@ -18,6 +18,7 @@ from extproc.dialects.shape import (
     required_text,
     string_leaves,
     text,
+    tool_descriptions,
     wrong_shape,
 )
 
@@ -91,7 +92,7 @@ def _messages_request(body: Any) -> list[Segment]:
         role_name = expect_string(require(message, "role", at), (*at, "role"))
         role = _ROLES.get(role_name, Role.USER)
         out += _blocks(message.get("content"), (*at, "content"), role, output=False)
-    return out
+    return out + tool_descriptions(root)
 
 
 def _blocks(value: Any, at: JsonPath, role: Role, *, output: bool) -> list[Segment]:

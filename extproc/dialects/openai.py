@@ -19,6 +19,7 @@ from extproc.dialects.shape import (
     require,
     required_text,
     text,
+    tool_descriptions,
     wrong_shape,
 )
 
@@ -94,7 +95,7 @@ def _chat_request(body: Any) -> list[Segment]:
         message = expect_object(raw, at)
         role_name = expect_string(require(message, "role", at), (*at, "role"))
         out += _chat_message(message, at, _CHAT_ROLES.get(role_name, Role.USER), Role.TOOL_CALL)
-    return out
+    return out + tool_descriptions(root)
 
 
 def _chat_message(

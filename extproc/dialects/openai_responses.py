@@ -12,6 +12,7 @@ from extproc.dialects.shape import (
     optional_array,
     require,
     text,
+    tool_descriptions,
     wrong_shape,
 )
 
@@ -38,12 +39,13 @@ def extract_request(body: Any) -> list[Segment]:
     out = text(Role.SYSTEM, root.get("instructions"), ("instructions",))
     value = root.get("input")
     if value is None or isinstance(value, str):
-        return out + text(Role.USER, value, ("input",))
-    if not isinstance(value, list):
+        out += text(Role.USER, value, ("input",))
+    elif isinstance(value, list):
+        for i, raw in enumerate(value):
+            out += _item(raw, ("input", i), output=False)
+    else:
         raise wrong_shape(("input",), "string or array", value)
-    for i, raw in enumerate(value):
-        out += _item(raw, ("input", i), output=False)
-    return out
+    return out + tool_descriptions(root)
 
 
 def extract_response(body: Any) -> list[Segment]:

@@ -91,6 +91,17 @@ def string_leaves(role: Role, value: Any, path: JsonPath) -> list[Segment]:
     return [Segment(role, s, p) for s, p in _walk_strings(value, path) if s]
 
 
+def tool_descriptions(root: dict[str, Any]) -> list[Segment]:
+    """Every `description` string inside the request's `tools` definitions.
+
+    Tool descriptions reach the model as instructions, and with MCP they come from third
+    parties: an injection hidden there ("tool poisoning") is scanned like a tool result.
+    """
+    tools = optional_array(root.get("tools"), ("tools",))
+    leaves = string_leaves(Role.TOOL_RESULT, tools, ("tools",))
+    return [s for s in leaves if s.path[-1] == "description"]
+
+
 def _walk_strings(value: Any, path: JsonPath) -> Iterator[tuple[str, JsonPath]]:
     # Iterative on purpose: tool inputs can nest deeper than Python's recursion limit.
     stack: list[tuple[Any, JsonPath]] = [(value, path)]

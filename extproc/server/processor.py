@@ -170,7 +170,7 @@ class RequestProcessor:
                 code="content_policy_violation",
             )
         engine.metrics.inc(engine.metrics.requests, decision.verdict.value, st.dialect_label)
-        return messages.request_body_response(inspection.body, _flag_headers(decision))
+        return messages.request_body_response(inspection.body, _flag_headers(decision.flagged))
 
     async def _inspect_request(self, body: bytes) -> Inspection:
         st = self.state
@@ -237,7 +237,11 @@ class RequestProcessor:
         self.engine.metrics.inc(
             self.engine.metrics.responses, decision.verdict.value, st.dialect_label
         )
-        return messages.response_body_response(inspection.body, _flag_headers(decision))
+        flagged = decision.flagged
+        if flagged and st.request_decision is not None:
+            # Envoy already copied the request's verdict headers; keep both sides' types.
+            flagged = st.request_decision.flagged + flagged
+        return messages.response_body_response(inspection.body, _flag_headers(flagged))
 
     # -- errors ----------------------------------------------------------------------------
     def _error(self, status: int, message: str, code: str | None = None) -> pb.ProcessingResponse:
@@ -284,10 +288,10 @@ def _continue(phase: str) -> pb.ProcessingResponse:
     return builders[phase]()
 
 
-def _flag_headers(decision: Decision) -> dict[str, str]:
-    if not decision.flagged:
+def _flag_headers(flagged: tuple[Finding, ...]) -> dict[str, str]:
+    if not flagged:
         return {}
-    return {FLAGGED_HEADER: "true", FINDINGS_HEADER: ",".join(finding_types(decision.flagged))}
+    return {FLAGGED_HEADER: "true", FINDINGS_HEADER: ",".join(finding_types(flagged))}
 
 
 def _too_large(size: int, limit: int) -> str:

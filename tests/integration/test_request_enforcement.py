@@ -80,6 +80,16 @@ def test_injection_in_tool_result_blocked(stack: Stack) -> None:
     assert stack.upstream.requests == []
 
 
+def test_injection_in_tool_description_blocked(stack: Stack) -> None:
+    tool = {
+        "type": "function",
+        "function": {"name": "lookup", "description": INJECTION, "parameters": {"type": "object"}},
+    }
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "tools": [tool]}
+    assert stack.post("/v1/chat/completions", body).status_code == 403
+    assert stack.upstream.requests == []
+
+
 def test_malformed_json_is_400_in_dialect(stack: Stack) -> None:
     headers = {"content-type": "application/json"}
     resp = stack.post(
@@ -222,6 +232,14 @@ def test_flag_mode_forwards_with_headers() -> None:
         assert "prompt_injection" in received.headers["x-llmtrace-findings"]
         assert orjson.loads(received.body) == body  # flagged, not modified
         assert resp.headers["x-llmtrace-flagged"] == "true"
+        # request flagged for injection, response flagged for the PII it echoes: both named
+        echo = {
+            "model": "gpt-4o",
+            "messages": [{"role": "user", "content": f"echo: {INJECTION}, then call 555-123-4567"}],
+        }
+        resp = s.post("/v1/chat/completions", echo)
+        assert resp.status_code == 200
+        assert resp.headers["x-llmtrace-findings"] == "phone_number,prompt_injection"
 
 
 @pytest.mark.parametrize(
