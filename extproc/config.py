@@ -134,6 +134,26 @@ class OutputSafetyConfig(_Section):
     redact_secrets: bool = Field(True, description="Replace secrets in responses with tags.")
 
 
+class StreamingAnalysisConfig(_Section):
+    """Checks on streamed (SSE) responses while they flow (config guide names)."""
+
+    enabled: bool = Field(True, description="Analyse SSE responses of known dialects.")
+    output_enabled: bool = Field(True, description="Run output checks on streamed text.")
+    early_stop_on_critical: bool = Field(
+        True, description="End the stream with a warning event when a finding is severe enough."
+    )
+    early_stop_min_severity: SeverityLevel = Field(
+        Severity.CRITICAL, description="The severity that stops a stream (with the flag above)."
+    )
+    overlap_chars: int = Field(
+        512,
+        ge=64,
+        le=65536,
+        description="Text kept from earlier chunks and scanned again with each new chunk, so "
+        "a match split across chunks is found. Must exceed the longest match to catch.",
+    )
+
+
 class LoggingConfig(_Section):
     """Log level and format."""
 
@@ -150,6 +170,7 @@ class Config(_Section):
     enforcement: EnforcementConfig = Field(default_factory=EnforcementConfig)
     pii: PiiConfig = Field(default_factory=PiiConfig)
     output_safety: OutputSafetyConfig = Field(default_factory=OutputSafetyConfig)
+    streaming_analysis: StreamingAnalysisConfig = Field(default_factory=StreamingAnalysisConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     envoy: EnvoyConfig = Field(default_factory=EnvoyConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)

@@ -109,6 +109,26 @@ def response_body_response(
     )
 
 
+def streamed_body_response(body: bytes, end_of_stream: bool) -> pb.ProcessingResponse:
+    """In FULL_DUPLEX_STREAMED mode: the bytes to send on, and whether the body ends."""
+    return pb.ProcessingResponse(
+        response_body=pb.BodyResponse(
+            response=pb.CommonResponse(
+                body_mutation=pb.BodyMutation(
+                    streamed_response=pb.StreamedBodyResponse(
+                        body=body, end_of_stream=end_of_stream
+                    )
+                )
+            )
+        )
+    )
+
+
+def response_trailers_response() -> pb.ProcessingResponse:
+    """Continue after response trailers (sent in FULL_DUPLEX_STREAMED mode)."""
+    return pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
+
+
 def immediate_response(
     status: int, body: bytes, headers: Mapping[str, str] | None = None, details: str = ""
 ) -> pb.ProcessingResponse:
@@ -129,11 +149,13 @@ def processing_mode(
 ) -> processing_mode_pb2.ProcessingMode:
     """A complete mode_override: Envoy replaces the whole mode, so every field is set."""
     mode = processing_mode_pb2.ProcessingMode
+    # FULL_DUPLEX_STREAMED requires response trailers to be sent (Envoy rejects it otherwise).
+    duplex = response_body == mode.FULL_DUPLEX_STREAMED
     return mode(
         request_header_mode=mode.SEND,
         response_header_mode=mode.SEND if response_headers else mode.SKIP,
         request_body_mode=request_body,
         response_body_mode=response_body,
         request_trailer_mode=mode.SKIP,
-        response_trailer_mode=mode.SKIP,
+        response_trailer_mode=mode.SEND if duplex else mode.SKIP,
     )

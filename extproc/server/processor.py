@@ -25,9 +25,12 @@ from extproc.config import Config
 from extproc.detect.findings import Finding
 from extproc.dialects.base import Dialect, DialectError
 from extproc.dialects.routing import default_dialect_for_path, dialect_for_path, parse_json
+from extproc.dialects.stream import decoder_for_path
 from extproc.policy.decision import Decision, Verdict, finding_types
 from extproc.policy.inspect import Inspection, Inspector
+from extproc.policy.stream_guard import StreamGuard
 from extproc.server import messages
+from extproc.server.streaming import SseRelay
 from extproc.server.tenancy import TENANCY_HEADERS, agent_from_headers, tenant_from_headers
 from extproc.telemetry.metrics import Metrics
 
@@ -45,6 +48,7 @@ _REQUEST_HEADERS = frozenset(
     {":path", ":method", "content-length", "content-encoding", *TENANCY_HEADERS}
 )
 _RESPONSE_HEADERS = frozenset({"content-type", "content-encoding"})
+_NO_BODIES = messages.processing_mode(request_body=Mode.NONE, response_body=Mode.NONE)
 
 
 class Rejection(Exception):
@@ -71,6 +75,8 @@ class StreamState:
     scan_request: bool = False
     request_decision: Decision | None = None
     response_json: bool = False
+    relay: SseRelay | None = None  # set when the response is streamed and checked
+    finished: bool = False  # the stream was ended by us (early stop); nothing more to do
 
     @property
     def error_dialect(self) -> Dialect:
@@ -92,6 +98,12 @@ class Engine:
         self.metrics = metrics
         self.analysis_enabled = config.enable_security_analysis
         self.output_enabled = config.enable_security_analysis and config.output_safety.enabled
+        streaming = config.streaming_analysis
+        self.streaming_enabled = (
+            config.enable_security_analysis and streaming.enabled and streaming.output_enabled
+        )
+        # Response headers are needed when either kind of response check may apply.
+        self.response_checks = self.output_enabled or self.streaming_enabled
         self.timeout = config.security_analysis_timeout_ms / 1000
 
 
@@ -127,7 +139,7 @@ class RequestProcessor:
             # A compressed body cannot be scanned, and passing it unscanned would be a bypass.
             message = f"Content-Encoding {encoding!r} is not supported; send the body uncompressed."
             raise Rejection(415, message, "encoded")
-        check_response = engine.output_enabled and st.dialect is not None
+        check_response = engine.response_checks and st.dialect is not None
         if not st.scan_request:
             engine.metrics.inc(engine.metrics.requests, "unscanned", st.dialect_label)
         # Our verdict headers must come from us, never from the client.
@@ -200,27 +212,42 @@ class RequestProcessor:
 
     # -- response headers ------------------------------------------------------------------
     async def response_headers(self, msg: pb.HttpHeaders) -> pb.ProcessingResponse:
-        """Buffer the response body only if it is JSON we can read; else switch it off."""
+        """Pick the response body mode: BUFFERED JSON, FULL_DUPLEX SSE, or nothing to read."""
         st = self.state
+        engine = self.engine
         headers = messages.header_map(msg, _RESPONSE_HEADERS)
         content_type = headers.get("content-type", "").lower()
+        compressed = "content-encoding" in headers
+        if msg.end_of_stream or st.dialect is None:
+            return messages.response_headers_response(None, (), _NO_BODIES)
+        if "text/event-stream" in content_type and engine.streaming_enabled and not compressed:
+            decoder = decoder_for_path(st.path)
+            if decoder is not None:
+                guard = StreamGuard(engine.config, engine.inspector.scanner)
+                st.relay = SseRelay(decoder, guard)
+                mode = messages.processing_mode(
+                    request_body=Mode.NONE, response_body=Mode.FULL_DUPLEX_STREAMED
+                )
+                return messages.response_headers_response(None, (), mode)
         st.response_json = any(t in content_type for t in _JSON_TYPES)
-        readable = st.response_json and "content-encoding" not in headers
-        mode = None
-        if msg.end_of_stream or not readable:
-            if not msg.end_of_stream and self.engine.output_enabled and st.dialect is not None:
-                reason = "compressed" if st.response_json else "not_json"
-                # SSE responses are passed through here; streaming analysis is separate work.
-                if "text/event-stream" in content_type:
-                    reason = "event_stream"
-                self.engine.metrics.inc(self.engine.metrics.unscanned, "response", reason)
-            mode = messages.processing_mode(request_body=Mode.NONE, response_body=Mode.NONE)
-        return messages.response_headers_response(None, (), mode)
+        if st.response_json and not compressed and engine.output_enabled:
+            return messages.response_headers_response(None, (), None)  # filter default: BUFFERED
+        if engine.response_checks:
+            if compressed:
+                reason = "compressed"
+            elif "text/event-stream" in content_type:
+                reason = "event_stream"
+            else:
+                reason = "not_json"
+            engine.metrics.inc(engine.metrics.unscanned, "response", reason)
+        return messages.response_headers_response(None, (), _NO_BODIES)
 
     # -- response body ---------------------------------------------------------------------
     async def response_body(self, msg: pb.HttpBody) -> pb.ProcessingResponse:
-        """Scan a buffered JSON response; redact secrets/PII, flag the rest."""
+        """Scan a buffered JSON response (redact secrets/PII, flag the rest), or relay SSE."""
         st = self.state
+        if st.relay is not None:
+            return self._relay(st.relay, msg)
         assert st.dialect is not None  # response bodies are only buffered for known dialects
         try:
             parsed = parse_json(msg.body)
@@ -243,6 +270,29 @@ class RequestProcessor:
             flagged = st.request_decision.flagged + flagged
         return messages.response_body_response(inspection.body, _flag_headers(flagged))
 
+    def _relay(self, relay: SseRelay, msg: pb.HttpBody) -> pb.ProcessingResponse:
+        st = self.state
+        metrics = self.engine.metrics
+        out = relay.chunk(msg.body, msg.end_of_stream)
+        if out.unparsed:
+            metrics.child(metrics.unscanned, "response", "sse_unparsed").inc(out.unparsed)
+        if out.verdict.findings:
+            self._count_findings(tuple(out.verdict.findings), "response")
+        if out.stopped:
+            st.finished = True
+            metrics.inc(metrics.responses, "stopped", st.dialect_label)
+            types = ",".join(finding_types(out.verdict.findings))
+            log.info(
+                "stream stopped trace=%s tenant=%s findings=%s", st.trace_id, st.tenant_id, types
+            )
+        elif out.end:
+            metrics.inc(metrics.responses, "streamed", st.dialect_label)
+        return messages.streamed_body_response(out.body, out.end)
+
+    async def response_trailers(self, msg: pb.HttpTrailers) -> pb.ProcessingResponse:
+        """Trailers arrive in FULL_DUPLEX_STREAMED mode; nothing to change in them."""
+        return messages.response_trailers_response()
+
     # -- errors ----------------------------------------------------------------------------
     def _error(self, status: int, message: str, code: str | None = None) -> pb.ProcessingResponse:
         body = self.state.error_dialect.error_body(status, message, code)
@@ -263,6 +313,16 @@ class RequestProcessor:
         """Our own bug or a timeout: fail this one request per failure_mode, never the server."""
         mode = self.engine.config.server.failure_mode
         self.engine.metrics.inc(self.engine.metrics.errors, phase, mode)
+        relay = self.state.relay
+        if relay is not None and phase == "response_body":
+            # Headers are already with the client: end or pass the stream, never reset it.
+            body = request.response_body
+            if mode == "closed":
+                self.state.finished = True
+                return messages.streamed_body_response(relay.fail_closed(), True)
+            return messages.streamed_body_response(
+                relay.fail_open(body.body, body.end_of_stream), body.end_of_stream
+            )
         if mode == "closed":
             return self._error(
                 500,
@@ -284,6 +344,7 @@ def _continue(phase: str) -> pb.ProcessingResponse:
         "request_body": messages.request_body_response,
         "response_headers": messages.response_headers_response,
         "response_body": messages.response_body_response,
+        "response_trailers": messages.response_trailers_response,
     }
     return builders[phase]()
 
@@ -328,6 +389,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             "request_body": processor.request_body,
             "response_headers": processor.response_headers,
             "response_body": processor.response_body,
+            "response_trailers": processor.response_trailers,
         }
         metrics.active_streams.inc()
         try:
@@ -348,7 +410,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     response = processor.failure(phase, request)
                 metrics.child(metrics.phase_seconds, phase).observe(time.perf_counter() - started)
                 yield response
-                if response.HasField("immediate_response"):
+                if response.HasField("immediate_response") or processor.state.finished:
                     return
         finally:
             metrics.active_streams.dec()

@@ -1,0 +1,160 @@
+"""Streamed (SSE) responses through a real Envoy: pass through, early stop, split matches."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.integration.harness import Stack, running_stack, wait_until
+from tests.integration.sse_upstream import FixedSseUpstream
+
+pytestmark = pytest.mark.integration
+
+OPENAI_KEY = "sk-proj-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z" * 2
+CHAT = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+MESSAGES = {
+    "model": "claude-sonnet-4-5",
+    "max_tokens": 50,
+    "stream": True,
+    "messages": [{"role": "user", "content": "hi"}],
+}
+
+
+def openai_chunk(text: str) -> bytes:
+    data = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-4o",
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+    }
+    return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+
+def anthropic_delta(text: str) -> bytes:
+    data = {
+        "type": "content_block_delta",
+        "index": 0,
+        "delta": {"type": "text_delta", "text": text},
+    }
+    return b"event: content_block_delta\ndata: " + json.dumps(data).encode() + b"\n\n"
+
+
+@pytest.fixture(scope="module")
+def sse() -> Iterator[tuple[Stack, FixedSseUpstream]]:
+    upstream = FixedSseUpstream()
+    settings = {"streaming_analysis.early_stop_min_severity": "critical"}
+    with running_stack(settings) as stack:
+        # Point Envoy at the fixed upstream instead of the demo one.
+        stack.envoy.stop()
+        from tests.integration.harness import EnvoyProcess
+
+        stack.config = stack.config.model_copy(
+            update={"envoy": stack.config.envoy.model_copy(update={"upstream_url": upstream.url})}
+        )
+        stack.envoy = EnvoyProcess(stack.config)
+        yield stack, upstream
+    upstream.stop()
+
+
+def stream(stack: Stack, path: str, body: dict[str, object]) -> tuple[int, bytes]:
+    with stack.client.stream("POST", path, json=body) as resp:
+        return resp.status_code, b"".join(resp.iter_raw())
+
+
+def test_clean_stream_passes_byte_identical(sse: tuple[Stack, FixedSseUpstream]) -> None:
+    stack, upstream = sse
+    chunks = [openai_chunk(f"word{i} ") for i in range(30)] + [b"data: [DONE]\n\n"]
+    upstream.reset(chunks)
+    status, raw = stream(stack, "/v1/chat/completions", CHAT)
+    assert status == 200
+    assert raw == b"".join(chunks)
+
+
+def test_secret_in_chunk_7_stops_the_stream_cleanly(sse: tuple[Stack, FixedSseUpstream]) -> None:
+    stack, upstream = sse
+    chunks = [openai_chunk(f"word{i} ") for i in range(30)] + [b"data: [DONE]\n\n"]
+    chunks[6] = openai_chunk(f"the key is {OPENAI_KEY} ")
+    upstream.reset(chunks, delay=0.03)
+    started = time.monotonic()
+    status, raw = stream(stack, "/v1/chat/completions", CHAT)
+    elapsed = time.monotonic() - started
+    assert status == 200
+    assert raw.startswith(b"".join(chunks[:6]))
+    assert OPENAI_KEY.encode() not in raw
+    assert b"word7" not in raw  # never a later chunk
+    tail = raw[len(b"".join(chunks[:6])) :]
+    events = [e for e in tail.split(b"\n\n") if e]
+    warning = json.loads(events[0].removeprefix(b"data: "))
+    assert warning["choices"][0]["finish_reason"] == "content_filter"
+    assert "Response stopped by security policy" in warning["error"]["message"]
+    assert events[-1] == b"data: [DONE]"
+    assert elapsed < 30 * 0.03  # did not wait for the upstream to finish
+    wait_until(upstream.finished.is_set, "the upstream to end")
+    assert upstream.aborted.is_set() and upstream.sent < 30  # Envoy closed the upstream
+
+
+def test_secret_split_across_chunks_is_caught(sse: tuple[Stack, FixedSseUpstream]) -> None:
+    stack, upstream = sse
+    half = 10  # neither part matches on its own
+    chunks = [
+        openai_chunk("here: "),
+        openai_chunk(OPENAI_KEY[:half]),
+        openai_chunk(OPENAI_KEY[half:]),
+        openai_chunk(" done"),
+        b"data: [DONE]\n\n",
+    ]
+    upstream.reset(chunks, delay=0.02)
+    status, raw = stream(stack, "/v1/chat/completions", CHAT)
+    assert status == 200
+    assert OPENAI_KEY[half:].encode() not in raw
+    assert b"content_filter" in raw
+
+
+def test_anthropic_stream_stops_with_error_event(sse: tuple[Stack, FixedSseUpstream]) -> None:
+    stack, upstream = sse
+    start = b'event: message_start\ndata: {"type":"message_start","message":{"id":"m1","type":"message","role":"assistant","content":[],"model":"claude","usage":{"input_tokens":3,"output_tokens":0}}}\n\n'  # noqa: E501
+    chunks = [
+        start,
+        anthropic_delta("Sure, "),
+        anthropic_delta(f"use {OPENAI_KEY}"),
+        anthropic_delta("more"),
+        b'event: message_stop\ndata: {"type":"message_stop"}\n\n',
+    ]
+    upstream.reset(chunks, delay=0.02)
+    status, raw = stream(stack, "/v1/messages", MESSAGES)
+    assert status == 200
+    assert raw.startswith(start + chunks[1])
+    assert OPENAI_KEY.encode() not in raw
+    assert b"event: error" in raw
+    assert b"more" not in raw
+
+
+def test_malformed_sse_passes_through_unchanged(sse: tuple[Stack, FixedSseUpstream]) -> None:
+    stack, upstream = sse
+    chunks = [b"data: {not json}\n\n", b"garbage without a blank line", b" ... the end"]
+    upstream.reset(chunks)
+    status, raw = stream(stack, "/v1/chat/completions", CHAT)
+    assert status == 200
+    assert raw == b"".join(chunks)
+    assert 'extproc_unscanned_total{direction="response",reason="sse_unparsed"}' in stack.metrics()
+
+
+def test_demo_stream_through_envoy_is_checked() -> None:
+    with running_stack() as s:
+        body = {
+            "model": "gpt-4o",
+            "stream": True,
+            "messages": [{"role": "user", "content": "echo: all fine here"}],
+        }
+        with (
+            httpx.Client(base_url=s.url, timeout=10) as client,
+            client.stream("POST", "/v1/chat/completions", json=body) as resp,
+        ):
+            text = b"".join(resp.iter_raw()).decode()
+        assert "data: [DONE]" in text
+        assert 'extproc_responses_total{decision="streamed",dialect="openai"} 1.0' in s.metrics()
