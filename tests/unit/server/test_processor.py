@@ -170,3 +170,59 @@ async def test_compressed_request_body_is_refused_not_bypassed() -> None:
     assert answer.immediate_response.status.code == 415
     error = orjson.loads(answer.immediate_response.body)["error"]
     assert "Content-Encoding 'gzip'" in error["message"]
+
+
+def response_headers(content_type: str) -> pb.ProcessingRequest:
+    return pb.ProcessingRequest(
+        response_headers=pb.HttpHeaders(
+            headers=base_pb2.HeaderMap(
+                headers=[
+                    base_pb2.HeaderValue(key=":status", raw_value=b"200"),
+                    base_pb2.HeaderValue(key="content-type", raw_value=content_type.encode()),
+                ]
+            )
+        )
+    )
+
+
+def response_chunk(data: bytes, end: bool = False) -> pb.ProcessingRequest:
+    return pb.ProcessingRequest(response_body=pb.HttpBody(body=data, end_of_stream=end))
+
+
+SSE_CHUNK = b'data: {"choices":[{"index":0,"delta":{"content":"hello"}}]}\n\n'
+
+
+@pytest.mark.parametrize("mode", ["open", "closed"])
+async def test_detector_error_mid_stream_never_resets_it(mode: str) -> None:
+    config = load_config(environ={}, overrides=[("server.failure_mode", mode)])
+    engine = engine_with(BrokenScanner(), config)
+    request = {"model": "gpt-4o", "stream": True, "messages": []}
+    answers = await run(
+        engine,
+        headers(CHAT),
+        body(request),  # an empty conversation: nothing for the broken scanner to see
+        response_headers("text/event-stream"),
+        response_chunk(SSE_CHUNK),
+        response_chunk(b"data: [DONE]\n\n", end=True),
+    )
+    switch = answers[2]
+    assert switch.mode_override.response_body_mode == switch.mode_override.FULL_DUPLEX_STREAMED
+    streamed = answers[3].response_body.response.body_mutation.streamed_response
+    if mode == "closed":
+        assert len(answers) == 4  # the stream ended with the warning
+        assert streamed.end_of_stream
+        assert b"fail-closed" in streamed.body
+    else:
+        assert streamed.body == SSE_CHUNK and not streamed.end_of_stream
+        last = answers[4].response_body.response.body_mutation.streamed_response
+        assert last.body == b"data: [DONE]\n\n" and last.end_of_stream
+
+
+async def test_streaming_off_leaves_sse_alone() -> None:
+    config = load_config(environ={}, overrides=[("streaming_analysis.enabled", False)])
+    engine = engine_with(BrokenScanner(), config)
+    answers = await run(
+        engine, headers(CHAT), body(chat("hi")), response_headers("text/event-stream")
+    )
+    mode = answers[-1].mode_override
+    assert mode.response_body_mode == mode.NONE
