@@ -158,3 +158,25 @@ def test_demo_stream_through_envoy_is_checked() -> None:
             text = b"".join(resp.iter_raw()).decode()
         assert "data: [DONE]" in text
         assert 'extproc_responses_total{decision="streamed",dialect="openai"} 1.0' in s.metrics()
+
+
+def test_openai_sdk_sees_tokens_then_a_clean_error(sse: tuple[Stack, FixedSseUpstream]) -> None:
+    import openai
+
+    stack, upstream = sse
+    chunks = [
+        openai_chunk("Hello "),
+        openai_chunk("there, "),
+        openai_chunk(f"key {OPENAI_KEY}"),
+        openai_chunk(" bye"),
+        b"data: [DONE]\n\n",
+    ]
+    upstream.reset(chunks, delay=0.01)
+    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="sk-test", max_retries=0)
+    received: list[str] = []
+    with pytest.raises(openai.APIError, match="Response stopped by security policy"):
+        for chunk in client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True
+        ):
+            received.append(chunk.choices[0].delta.content or "")
+    assert "".join(received) == "Hello there, "
