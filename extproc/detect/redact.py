@@ -36,3 +36,32 @@ def redact(text: str, findings: Iterable[Finding]) -> str:
         cursor = start
     pieces.append(text[:cursor])
     return "".join(reversed(pieces))
+
+
+# Characters that occur inside an e-mail address, URL, key or token: a trailing run of them
+# may be the first half of a match that the next chunk completes.
+_TOKEN_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@._%+-/=:~#"
+)
+# Card numbers, phone numbers, IBANs and national ids come as short groups with separators.
+_GROUP_MAX = 6
+
+
+def holdback(text: str, limit: int) -> int:
+    """How many trailing characters of streamed text could still grow into a match.
+
+    The trailing unbroken token, plus the short digit-bearing groups before it (as in
+    `4111 1111 1111` or `+44 20 7946`); never more than `limit`.
+    """
+    i = len(text)
+    while i > 0 and text[i - 1] in _TOKEN_CHARS:
+        i -= 1
+    while i > 1 and text[i - 1] in " -" and text[i - 2] in _TOKEN_CHARS:
+        j = i - 1
+        while j > 0 and text[j - 1] in _TOKEN_CHARS and i - 1 - j < _GROUP_MAX + 1:
+            j -= 1
+        group = text[j : i - 1]
+        if len(group) > _GROUP_MAX or not any(c.isdigit() for c in group):
+            break
+        i = j
+    return min(len(text) - i, limit)

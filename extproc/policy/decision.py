@@ -99,6 +99,18 @@ def decide_request(findings: Sequence[Finding], config: Config) -> Decision:
     )
 
 
+def redacts_output(finding: Finding, config: Config) -> bool:
+    """Whether this finding's text is replaced by its tag in what the model returns."""
+    if finding.category is Category.PII:
+        return _redacts_pii(config)
+    return finding.category is Category.SECRET and config.output_safety.redact_secrets
+
+
+def output_redaction_enabled(config: Config) -> bool:
+    """Whether any finding type is redacted in responses (streams then hold back a tail)."""
+    return _redacts_pii(config) or config.output_safety.redact_secrets
+
+
 def decide_response(findings: Sequence[Finding], config: Config) -> Decision:
     """Decide what to do with a buffered response: redact secrets/PII, flag the rest.
 
@@ -114,9 +126,7 @@ def decide_response(findings: Sequence[Finding], config: Config) -> Decision:
         reported = [f for f in findings if f.category is not Category.PII]
         redact.extend(f for f in findings if f.category is Category.PII)
     for finding in reported:
-        redact_pii = finding.category is Category.PII and _redacts_pii(config)
-        redact_secret = finding.category is Category.SECRET and config.output_safety.redact_secrets
-        if redact_pii or redact_secret:
+        if redacts_output(finding, config):
             redact.append(finding)
         elif finding.category in (Category.PII, Category.SECRET) or _meets_threshold(
             finding, config.enforcement

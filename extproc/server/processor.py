@@ -9,6 +9,7 @@ as possible.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -26,7 +27,13 @@ from extproc.detect.findings import Finding
 from extproc.dialects.base import Dialect, DialectError
 from extproc.dialects.routing import default_dialect_for_path, dialect_for_path, parse_json
 from extproc.dialects.stream import decoder_for_path
-from extproc.policy.decision import Decision, Verdict, finding_types
+from extproc.policy.decision import (
+    Decision,
+    Verdict,
+    finding_types,
+    output_redaction_enabled,
+    redacts_output,
+)
 from extproc.policy.inspect import Inspection, Inspector
 from extproc.policy.stream_guard import StreamGuard
 from extproc.server import messages
@@ -102,6 +109,9 @@ class Engine:
         self.streaming_enabled = (
             config.enable_security_analysis and streaming.enabled and streaming.output_enabled
         )
+        self.output_redactions: Callable[[Finding], bool] | None = None
+        if output_redaction_enabled(config):
+            self.output_redactions = functools.partial(redacts_output, config=config)
         # Response headers are needed when either kind of response check may apply.
         self.response_checks = self.output_enabled or self.streaming_enabled
         self.timeout = config.security_analysis_timeout_ms / 1000
@@ -224,7 +234,7 @@ class RequestProcessor:
             decoder = decoder_for_path(st.path)
             if decoder is not None:
                 guard = StreamGuard(engine.config, engine.inspector.scanner)
-                st.relay = SseRelay(decoder, guard)
+                st.relay = SseRelay(decoder, guard, engine.output_redactions)
                 mode = messages.processing_mode(
                     request_body=Mode.NONE, response_body=Mode.FULL_DUPLEX_STREAMED
                 )
@@ -276,6 +286,8 @@ class RequestProcessor:
         out = relay.chunk(msg.body, msg.end_of_stream)
         if out.unparsed:
             metrics.child(metrics.unscanned, "response", "sse_unparsed").inc(out.unparsed)
+        if out.redacted:
+            metrics.child(metrics.stream_redactions, st.dialect_label).inc(out.redacted)
         if out.verdict.findings:
             self._count_findings(tuple(out.verdict.findings), "response")
         if out.stopped:

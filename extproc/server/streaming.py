@@ -1,17 +1,23 @@
-"""Relay an SSE response through FULL_DUPLEX_STREAMED: check each chunk, forward, or stop early.
+"""Relay an SSE response through FULL_DUPLEX_STREAMED: check, redact, forward, or stop early.
 
-Every body message Envoy sends is parsed into complete SSE events, their model text is
-checked, and the events are forwarded in the same answer. An event split across messages
-waits for its end (it cannot be checked half-read). When the check says stop, only the events
-before the offending text are forwarded, followed by the dialect's warning event, and the
-stream ends: Envoy then closes the upstream.
+Every body message Envoy sends is parsed into complete SSE events and their model text is
+checked. Events are forwarded in order, except the trailing text that could still be the
+first half of a secret or PII value the next chunk completes (`detect.redact.holdback`):
+that waits, so no part of a redacted value ever reaches the client. Events are rewritten
+(with the dialect's `rewrite_text`) where a redaction touches their text. When the check
+says stop, only the events before the offending text are forwarded, then the dialect's
+warning event, and the stream ends: Envoy then closes the upstream.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
-from extproc.dialects.sse import SseParser
+from extproc.detect.findings import Finding
+from extproc.detect.redact import holdback, redact
+from extproc.dialects.sse import SseEvent, SseParser
 from extproc.dialects.stream import StreamDecoder
 from extproc.policy.stream_guard import StreamGuard, StreamVerdict
 
@@ -27,53 +33,95 @@ class RelayOutput:
     verdict: StreamVerdict
     stopped: bool = False
     unparsed: int = 0  # events whose data could not be understood (forwarded unchanged)
+    redacted: int = 0  # events rewritten because a redaction touched them
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    event: SseEvent
+    text: str
+    start: int  # stream offset of `text`
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.text)
 
 
 class SseRelay:
     """Per-response streaming state."""
 
-    def __init__(self, decoder: StreamDecoder, guard: StreamGuard) -> None:
+    def __init__(
+        self,
+        decoder: StreamDecoder,
+        guard: StreamGuard,
+        redacts: Callable[[Finding], bool] | None = None,
+    ) -> None:
         self.decoder = decoder
         self.guard = guard
+        self.redacts = redacts  # None: nothing is redacted, so nothing is held back
         self.parser = SseParser()
+        self.held: deque[_Held] = deque()
         self.position = 0  # stream offset of the next model character
+        self.redactions: list[Finding] = []
         self.disabled = False  # after an internal error with failure_mode open: pass through
 
     def chunk(self, data: bytes, end: bool) -> RelayOutput:
         """Process one body message from Envoy."""
         if self.disabled:
             return RelayOutput(data, end, StreamVerdict())
-        events = self.parser.feed(data)
         texts: list[str] = []
         unparsed = 0
-        for event in events:
+        for event in self.parser.feed(data):
             delta = self.decoder.decode(event)
             unparsed += not delta.parsed
+            self.held.append(_Held(event, delta.text, self.position))
+            self.position += len(delta.text)
             texts.append(delta.text)
         verdict = self.guard.feed("".join(texts))
+        if self.redacts is not None:
+            self.redactions += [f for f in verdict.findings if self.redacts(f)]
         if verdict.stop_at is not None:
-            kept: list[bytes] = []
-            position = self.position
-            for event, text in zip(events, texts, strict=True):
-                if position + len(text) > verdict.stop_at:
-                    break  # this event carries (part of) the offending text
-                kept.append(event.raw)
-                position += len(text)
-            types = ",".join(sorted({f.type for f in verdict.findings if f.start >= 0}))
+            body, rewritten = self._release(verdict.stop_at)
+            types = ",".join(sorted({f.type for f in verdict.findings}))
             warning = self.decoder.warning_events(
                 STOP_MESSAGE.format(types=types), "content_filter"
             )
-            return RelayOutput(b"".join(kept) + warning, True, verdict, True, unparsed)
-        self.position += sum(len(t) for t in texts)
-        body = b"".join(event.raw for event in events)
+            return RelayOutput(body + warning, True, verdict, True, unparsed, rewritten)
         if end:
+            body, rewritten = self._release(None)
             body += self.parser.flush()  # an unterminated tail is forwarded as it came
-        return RelayOutput(body, end, verdict, unparsed=unparsed)
+        else:
+            body, rewritten = self._release(self._safe_point())
+        return RelayOutput(body, end, verdict, unparsed=unparsed, redacted=rewritten)
+
+    def _safe_point(self) -> int:
+        if self.redacts is None:
+            return self.position
+        return self.position - holdback(self.guard.text, self.guard.overlap)
+
+    def _release(self, until: int | None) -> tuple[bytes, int]:
+        """Forward held events, in order, whose text ends at or before `until` (None: all)."""
+        out: list[bytes] = []
+        rewritten = 0
+        while self.held and (until is None or self.held[0].end <= until):
+            item = self.held.popleft()
+            touching = [f for f in self.redactions if f.start < item.end and f.end > item.start]
+            if item.text and touching:
+                new_text = _redact_piece(item.text, item.start, touching)
+                out.append(self.decoder.rewrite_text(item.event, new_text))
+                rewritten += 1
+            else:
+                out.append(item.event.raw)
+        released = self.held[0].start if self.held else self.position
+        self.redactions = [f for f in self.redactions if f.end > released]
+        return b"".join(out), rewritten
 
     def fail_open(self, data: bytes, end: bool) -> bytes:
         """After an internal error: forward what was held back plus this chunk, unchecked."""
         self.disabled = True
-        return self.parser.flush() + data
+        held = b"".join(item.event.raw for item in self.held)
+        self.held.clear()
+        return held + self.parser.flush() + data
 
     def fail_closed(self) -> bytes:
         """After an internal error with failure_mode closed: the warning that ends the stream."""
@@ -81,3 +129,16 @@ class SseRelay:
         return self.decoder.warning_events(
             "Security analysis failed; response stopped (fail-closed).", "analysis_failed"
         )
+
+
+def _redact_piece(text: str, start: int, findings: list[Finding]) -> str:
+    """Redact one event's text: a tag where a finding starts, nothing where it continues."""
+    # A finding that began in an earlier event already left its tag there; drop the rest.
+    cut = max((f.end - start for f in findings if f.start < start), default=0)
+    cut = min(cut, len(text))
+    local = [
+        replace(f, start=f.start - start - cut, end=f.end - start - cut)
+        for f in findings
+        if f.start >= start
+    ]
+    return redact(text[cut:], local)

@@ -85,6 +85,12 @@ class Metrics:
             ["direction", "reason"],
             registry=r,
         )
+        self.stream_redactions = Counter(
+            "extproc_stream_redacted_events",
+            "SSE events rewritten because a redaction touched their text.",
+            ["dialect"],
+            registry=r,
+        )
         self.active_streams = Gauge(
             "extproc_active_streams",
             "ext_proc streams currently open.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -9,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.integration.harness import Stack, running_stack, wait_until
+from tests.integration.harness import EnvoyProcess, Stack, running_stack, wait_until
 from tests.integration.sse_upstream import FixedSseUpstream
 
 pytestmark = pytest.mark.integration
@@ -44,21 +45,24 @@ def anthropic_delta(text: str) -> bytes:
     return b"event: content_block_delta\ndata: " + json.dumps(data).encode() + b"\n\n"
 
 
-@pytest.fixture(scope="module")
-def sse() -> Iterator[tuple[Stack, FixedSseUpstream]]:
+@contextlib.contextmanager
+def sse_stack(settings: dict[str, object]) -> Iterator[tuple[Stack, FixedSseUpstream]]:
+    """A stack whose Envoy points at a fixed-chunk SSE upstream."""
     upstream = FixedSseUpstream()
-    settings = {"streaming_analysis.early_stop_min_severity": "critical"}
     with running_stack(settings) as stack:
-        # Point Envoy at the fixed upstream instead of the demo one.
         stack.envoy.stop()
-        from tests.integration.harness import EnvoyProcess
-
         stack.config = stack.config.model_copy(
             update={"envoy": stack.config.envoy.model_copy(update={"upstream_url": upstream.url})}
         )
         stack.envoy = EnvoyProcess(stack.config)
         yield stack, upstream
     upstream.stop()
+
+
+@pytest.fixture(scope="module")
+def sse() -> Iterator[tuple[Stack, FixedSseUpstream]]:
+    with sse_stack({}) as pair:
+        yield pair
 
 
 def stream(stack: Stack, path: str, body: dict[str, object]) -> tuple[int, bytes]:
@@ -111,7 +115,8 @@ def test_secret_split_across_chunks_is_caught(sse: tuple[Stack, FixedSseUpstream
     upstream.reset(chunks, delay=0.02)
     status, raw = stream(stack, "/v1/chat/completions", CHAT)
     assert status == 200
-    assert OPENAI_KEY[half:].encode() not in raw
+    assert b"sk-proj" not in raw  # the first fragment was held back, never sent
+    assert raw.startswith(chunks[0])
     assert b"content_filter" in raw
 
 
@@ -180,3 +185,29 @@ def test_openai_sdk_sees_tokens_then_a_clean_error(sse: tuple[Stack, FixedSseUps
         ):
             received.append(chunk.choices[0].delta.content or "")
     assert "".join(received) == "Hello there, "
+
+
+def test_split_email_and_key_are_redacted_in_the_stream() -> None:
+    email, aws = "jane.doe@example.com", "AKIAIOSFODNN7EXAMPLE"
+    chunks = [
+        openai_chunk("Write to jane."),
+        openai_chunk("doe@exam"),
+        openai_chunk("ple.com and use AKIAIOSF"),
+        openai_chunk("ODNN7EXAMPLE please"),
+        openai_chunk(" — thanks"),
+        b"data: [DONE]\n\n",
+    ]
+    with sse_stack({"pii.action": "alert_and_redact"}) as (stack, upstream):
+        upstream.reset(chunks, delay=0.01)
+        status, raw = stream(stack, "/v1/chat/completions", CHAT)
+        assert status == 200
+        assert email.encode() not in raw and b"jane" not in raw
+        assert aws.encode() not in raw and b"AKIA" not in raw
+        text = "".join(
+            json.loads(event.removeprefix(b"data: "))["choices"][0]["delta"].get("content", "")
+            for event in raw.split(b"\n\n")
+            if event.startswith(b"data: {")
+        )
+        assert text == "Write to [PII:EMAIL] and use [SECRET:AWS_ACCESS_KEY] please — thanks"
+        assert raw.endswith(b"data: [DONE]\n\n")
+        assert 'extproc_stream_redacted_events_total{dialect="openai"}' in stack.metrics()
