@@ -43,8 +43,19 @@ def redact(text: str, findings: Iterable[Finding]) -> str:
 _TOKEN_CHARS = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@._%+-/=:~#"
 )
-# Card numbers, phone numbers, IBANs and national ids come as short groups with separators.
+# Card numbers, phone numbers, IBANs and national ids come as short groups with separators:
+# all-digit groups of up to 6 (cards, phones: "4111", "(555)", "+44") or up to 4 characters
+# with a digit (IBAN "DE89", NIN "AB 12").
 _GROUP_MAX = 6
+_DIGITISH = frozenset("0123456789()+")
+
+
+def _is_group(group: str) -> bool:
+    if not group or len(group) > _GROUP_MAX:
+        return False
+    if all(c in _DIGITISH for c in group):
+        return True
+    return len(group) <= 4 and any(c.isdigit() for c in group)
 
 
 def holdback(text: str, limit: int) -> int:
@@ -61,7 +72,7 @@ def holdback(text: str, limit: int) -> int:
         while j > 0 and text[j - 1] in _TOKEN_CHARS and i - 1 - j < _GROUP_MAX + 1:
             j -= 1
         group = text[j : i - 1]
-        if len(group) > _GROUP_MAX or not any(c.isdigit() for c in group):
+        if not _is_group(group):
             break
         i = j
     return min(len(text) - i, limit)

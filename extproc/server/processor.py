@@ -332,9 +332,7 @@ class RequestProcessor:
             if mode == "closed":
                 self.state.finished = True
                 return messages.streamed_body_response(relay.fail_closed(), True)
-            return messages.streamed_body_response(
-                relay.fail_open(body.body, body.end_of_stream), body.end_of_stream
-            )
+            return messages.streamed_body_response(relay.fail_open(), body.end_of_stream)
         if mode == "closed":
             return self._error(
                 500,

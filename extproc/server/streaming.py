@@ -64,20 +64,32 @@ class SseRelay:
         self.position = 0  # stream offset of the next model character
         self.redactions: list[Finding] = []
         self.disabled = False  # after an internal error with failure_mode open: pass through
+        # What a failing chunk() had taken in but not yet placed in `held`: fail_open()
+        # forwards exactly these bytes, once.
+        self._incoming = b""
+        self._parsed: list[SseEvent] = []
 
     def chunk(self, data: bytes, end: bool) -> RelayOutput:
         """Process one body message from Envoy."""
         if self.disabled:
             return RelayOutput(data, end, StreamVerdict())
+        self._incoming = data
+        self._parsed = self.parser.feed(data)
+        self._incoming = b""
         texts: list[str] = []
+        items: list[_Held] = []
         unparsed = 0
-        for event in self.parser.feed(data):
+        position = self.position
+        for event in self._parsed:
             delta = self.decoder.decode(event)
             unparsed += not delta.parsed
-            self.held.append(_Held(event, delta.text, self.position))
-            self.position += len(delta.text)
+            items.append(_Held(event, delta.text, position))
+            position += len(delta.text)
             texts.append(delta.text)
         verdict = self.guard.feed("".join(texts))
+        self.held.extend(items)
+        self._parsed = []
+        self.position = position
         if self.redacts is not None:
             self.redactions += [f for f in verdict.findings if self.redacts(f)]
         if verdict.stop_at is not None:
@@ -116,12 +128,14 @@ class SseRelay:
         self.redactions = [f for f in self.redactions if f.end > released]
         return b"".join(out), rewritten
 
-    def fail_open(self, data: bytes, end: bool) -> bytes:
-        """After an internal error: forward what was held back plus this chunk, unchecked."""
+    def fail_open(self) -> bytes:
+        """After an internal error: forward everything held back and received, unchecked."""
         self.disabled = True
         held = b"".join(item.event.raw for item in self.held)
+        held += b"".join(event.raw for event in self._parsed)
         self.held.clear()
-        return held + self.parser.flush() + data
+        self._parsed = []
+        return held + self.parser.flush() + self._incoming
 
     def fail_closed(self) -> bytes:
         """After an internal error with failure_mode closed: the warning that ends the stream."""

@@ -87,3 +87,8 @@ def test_plain_words_are_not_delayed_past_the_next_space() -> None:
     assert second.body == b""  # "you" could still be the start of an address
     third = r.chunk(event(" today"), end=False)
     assert content(third.body) == "you"
+
+
+def test_numbered_words_do_not_chain_into_a_hold() -> None:
+    text = "token0 token1 token2 token3 "
+    assert holdback(text, 512) == 0
