@@ -145,6 +145,11 @@ class StreamingAnalysisConfig(_Section):
     early_stop_min_severity: SeverityLevel = Field(
         Severity.CRITICAL, description="The severity that stops a stream (with the flag above)."
     )
+    include_usage: bool = Field(
+        True,
+        description="Add stream_options.include_usage to OpenAI streaming requests so token "
+        "usage is known; the extra usage chunk is removed unless the client asked for it.",
+    )
     overlap_chars: int = Field(
         512,
         ge=64,

@@ -24,9 +24,12 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from extproc.config import Config
 from extproc.detect.findings import Finding
-from extproc.dialects.base import Dialect, DialectError
+from extproc.dialects.base import Dialect, DialectError, Segment
+from extproc.dialects.endpoints import Endpoint, endpoint_for_path
+from extproc.dialects.jsonbody import dump_json
 from extproc.dialects.routing import default_dialect_for_path, dialect_for_path, parse_json
-from extproc.dialects.stream import decoder_for_path
+from extproc.dialects.stream import Usage, decoder_for_path
+from extproc.dialects.usage import estimate_tokens, merge_usage, request_model, response_usage
 from extproc.policy.decision import (
     Decision,
     Verdict,
@@ -40,6 +43,7 @@ from extproc.server import messages
 from extproc.server.streaming import SseRelay
 from extproc.server.tenancy import TENANCY_HEADERS, agent_from_headers, tenant_from_headers
 from extproc.telemetry.metrics import Metrics
+from extproc.telemetry.records import RecentRecords, RequestRecord
 
 log = logging.getLogger("extproc.processor")
 
@@ -54,7 +58,7 @@ _JSON_TYPES = ("application/json", "+json")
 _REQUEST_HEADERS = frozenset(
     {":path", ":method", "content-length", "content-encoding", *TENANCY_HEADERS}
 )
-_RESPONSE_HEADERS = frozenset({"content-type", "content-encoding"})
+_RESPONSE_HEADERS = frozenset({":status", "content-type", "content-encoding"})
 _NO_BODIES = messages.processing_mode(request_body=Mode.NONE, response_body=Mode.NONE)
 
 
@@ -83,6 +87,13 @@ class StreamState:
     request_decision: Decision | None = None
     response_json: bool = False
     relay: SseRelay | None = None  # set when the response is streamed and checked
+    record: RequestRecord | None = None  # what will be stored for this request
+    clock: float = field(default_factory=time.perf_counter)
+    usage: Usage | None = None
+    injected_usage: bool = False  # we asked an OpenAI stream for usage; drop that chunk
+    prompt_chars: int = 0
+    completion_chars: int = 0
+    response_finding_types: list[str] = field(default_factory=list)
     finished: bool = False  # the stream was ended by us (early stop); nothing more to do
 
     @property
@@ -103,6 +114,7 @@ class Engine:
         self.config = config
         self.inspector = inspector
         self.metrics = metrics
+        self.records = RecentRecords()
         self.analysis_enabled = config.enable_security_analysis
         self.output_enabled = config.enable_security_analysis and config.output_safety.enabled
         streaming = config.streaming_analysis
@@ -150,7 +162,11 @@ class RequestProcessor:
             message = f"Content-Encoding {encoding!r} is not supported; send the body uncompressed."
             raise Rejection(415, message, "encoded")
         check_response = engine.response_checks and st.dialect is not None
-        if not st.scan_request:
+        if st.scan_request:
+            st.record = RequestRecord(
+                st.trace_id, st.tenant_id, st.agent_id, time.time(), dialect=st.dialect_label
+            )
+        else:
             engine.metrics.inc(engine.metrics.requests, "unscanned", st.dialect_label)
         # Our verdict headers must come from us, never from the client.
         remove = [FLAGGED_HEADER, FINDINGS_HEADER]
@@ -178,33 +194,101 @@ class RequestProcessor:
             raise Rejection(413, _too_large(len(body), limit), "too_large")
         if not st.scan_request:
             return messages.request_body_response()
-        inspection = await self._inspect_request(body)
+        parsed, segments = self._parse_request(body)
+        inspection = await self._run(self.engine.inspector.request, segments, parsed, len(body))
         decision = inspection.decision
         st.request_decision = decision
+        self._start_record(parsed, segments)
         self._count_findings(decision.findings, "request")
         if decision.blocked:
             engine.metrics.inc(engine.metrics.requests, Verdict.BLOCKED.value, st.dialect_label)
             types = ", ".join(finding_types(decision.blocked))
             log.info("blocked trace=%s tenant=%s findings=%s", st.trace_id, st.tenant_id, types)
+            self._finish_record(decision.status, Verdict.BLOCKED.value)
             return self._error(
                 decision.status,
                 f"Request blocked by security policy: {types}",
                 code="content_policy_violation",
             )
         engine.metrics.inc(engine.metrics.requests, decision.verdict.value, st.dialect_label)
-        return messages.request_body_response(inspection.body, _flag_headers(decision.flagged))
+        new_body = inspection.body
+        if self._ask_for_usage(parsed):
+            new_body = dump_json(parsed)  # `parsed` already carries any redaction
+        return messages.request_body_response(new_body, _flag_headers(decision.flagged))
 
-    async def _inspect_request(self, body: bytes) -> Inspection:
+    def _parse_request(self, body: bytes) -> tuple[Any, list[Segment]]:
         st = self.state
-        inspector = self.engine.inspector
         if st.dialect is None:
-            return await self._run(inspector.request, _raw_segments(body), None, len(body))
+            return None, _raw_segments(body)
         try:
             parsed = parse_json(body)
-            segments = st.dialect.extract_request(st.path, parsed)
+            return parsed, st.dialect.extract_request(st.path, parsed)
         except DialectError as exc:
             raise Rejection(400, str(exc), "malformed") from None
-        return await self._run(inspector.request, segments, parsed, len(body))
+
+    def _ask_for_usage(self, parsed: Any) -> bool:
+        """Add stream_options.include_usage to an OpenAI chat stream that lacks it."""
+        st = self.state
+        if not (
+            self.engine.streaming_enabled
+            and self.engine.config.streaming_analysis.include_usage
+            and st.dialect is not None
+            and st.dialect.name == "openai"
+            and endpoint_for_path(st.path) is Endpoint.CHAT_COMPLETIONS
+            and isinstance(parsed, dict)
+            and parsed.get("stream") is True
+        ):
+            return False
+        options = parsed.get("stream_options")
+        if options is None:
+            options = {}
+        if not isinstance(options, dict) or options.get("include_usage") is True:
+            return False
+        parsed["stream_options"] = {**options, "include_usage": True}
+        st.injected_usage = True
+        return True
+
+    # -- the request record ----------------------------------------------------------------
+    def _start_record(self, parsed: Any, segments: list[Segment]) -> None:
+        st = self.state
+        record = st.record
+        if record is None:
+            return
+        record.model = request_model(parsed)
+        endpoint = endpoint_for_path(st.path)
+        name = _OPERATIONS.get(endpoint, "request") if endpoint is not None else "request"
+        streaming = isinstance(parsed, dict) and parsed.get("stream") is True
+        record.operation_name = f"{name}_stream" if streaming else name
+        st.prompt_chars = sum(len(seg.text) for seg in segments)
+
+    def _finish_record(self, status: int | None, decision: str) -> None:
+        st = self.state
+        record, st.record = st.record, None
+        if record is None:
+            return
+        metrics = self.engine.metrics
+        record.status_code = status if record.status_code is None else record.status_code
+        record.decision = decision
+        record.latency_ms = (time.perf_counter() - st.clock) * 1000
+        findings = st.request_decision.findings if st.request_decision else ()
+        record.finding_types = finding_types(findings) + st.response_finding_types
+        usage = st.usage or Usage(None, None)
+        prompt_source = completion_source = "usage"
+        record.prompt_tokens = usage.prompt_tokens
+        record.completion_tokens = usage.completion_tokens
+        if record.prompt_tokens is None:
+            record.prompt_tokens, prompt_source = estimate_tokens(st.prompt_chars), "estimate"
+        if record.completion_tokens is None and decision != Verdict.BLOCKED.value:
+            record.completion_tokens = estimate_tokens(st.completion_chars)
+            completion_source = "estimate"
+        sources = {prompt_source, completion_source}
+        record.usage_source = sources.pop() if len(sources) == 1 else "partial"
+        metrics.child(metrics.tokens, "prompt", prompt_source).inc(record.prompt_tokens)
+        if record.completion_tokens:
+            metrics.child(metrics.tokens, "completion", completion_source).inc(
+                record.completion_tokens
+            )
+        self.engine.records.add(record)
 
     async def _run(
         self,
@@ -228,13 +312,19 @@ class RequestProcessor:
         headers = messages.header_map(msg, _RESPONSE_HEADERS)
         content_type = headers.get("content-type", "").lower()
         compressed = "content-encoding" in headers
+        status = headers.get(":status", "")
+        if st.record is not None and status.isdigit():
+            st.record.status_code = int(status)
         if msg.end_of_stream or st.dialect is None:
+            self._finish_record(None, _verdict_of(st))
             return messages.response_headers_response(None, (), _NO_BODIES)
         if "text/event-stream" in content_type and engine.streaming_enabled and not compressed:
             decoder = decoder_for_path(st.path)
             if decoder is not None:
                 guard = StreamGuard(engine.config, engine.inspector.scanner)
-                st.relay = SseRelay(decoder, guard, engine.output_redactions)
+                st.relay = SseRelay(
+                    decoder, guard, engine.output_redactions, drop_usage_events=st.injected_usage
+                )
                 mode = messages.processing_mode(
                     request_body=Mode.NONE, response_body=Mode.FULL_DUPLEX_STREAMED
                 )
@@ -250,6 +340,7 @@ class RequestProcessor:
             else:
                 reason = "not_json"
             engine.metrics.inc(engine.metrics.unscanned, "response", reason)
+        self._finish_record(None, _verdict_of(st))
         return messages.response_headers_response(None, (), _NO_BODIES)
 
     # -- response body ---------------------------------------------------------------------
@@ -265,6 +356,7 @@ class RequestProcessor:
         except DialectError:
             # Not ours to reject: an upstream error page or a shape we don't know.
             self.engine.metrics.inc(self.engine.metrics.unscanned, "response", "unparsed")
+            self._finish_record(None, _verdict_of(st))
             return messages.response_body_response()
         inspection = await self._run(
             self.engine.inspector.response, segments, parsed, len(msg.body)
@@ -278,18 +370,34 @@ class RequestProcessor:
         if flagged and st.request_decision is not None:
             # Envoy already copied the request's verdict headers; keep both sides' types.
             flagged = st.request_decision.flagged + flagged
+        st.usage = response_usage(parsed)
+        st.completion_chars = sum(len(seg.text) for seg in segments)
+        st.response_finding_types = finding_types(decision.findings)
+        self._finish_record(None, _verdict_of(st, decision))
         return messages.response_body_response(inspection.body, _flag_headers(flagged))
 
     def _relay(self, relay: SseRelay, msg: pb.HttpBody) -> pb.ProcessingResponse:
         st = self.state
         metrics = self.engine.metrics
         out = relay.chunk(msg.body, msg.end_of_stream)
+        if out.first_text and st.record is not None:
+            ttft = time.perf_counter() - st.clock
+            st.record.ttft_ms = ttft * 1000
+            metrics.child(metrics.ttft_seconds, st.dialect_label).observe(ttft)
+        st.usage = merge_usage(st.usage, out.usage)
+        if out.verdict.findings:
+            st.response_finding_types = sorted(
+                {*st.response_finding_types, *finding_types(out.verdict.findings)}
+            )
         if out.unparsed:
             metrics.child(metrics.unscanned, "response", "sse_unparsed").inc(out.unparsed)
         if out.redacted:
             metrics.child(metrics.stream_redactions, st.dialect_label).inc(out.redacted)
         if out.verdict.findings:
             self._count_findings(tuple(out.verdict.findings), "response")
+        if out.stopped or out.end:
+            st.completion_chars = relay.position
+            self._finish_record(None, "stopped" if out.stopped else _verdict_of(st))
         if out.stopped:
             st.finished = True
             metrics.inc(metrics.responses, "stopped", st.dialect_label)
@@ -357,6 +465,22 @@ def _continue(phase: str) -> pb.ProcessingResponse:
         "response_trailers": messages.response_trailers_response,
     }
     return builders[phase]()
+
+
+def _verdict_of(st: StreamState, response: Decision | None = None) -> str:
+    """The record's decision: the strongest of what happened to the request and response."""
+    order = [v.value for v in Verdict]
+    verdicts = [d.verdict.value for d in (st.request_decision, response) if d is not None]
+    return max(verdicts, key=order.index, default=Verdict.ALLOWED.value)
+
+
+_OPERATIONS = {
+    Endpoint.CHAT_COMPLETIONS: "chat_completion",
+    Endpoint.COMPLETIONS: "completion",
+    Endpoint.RESPONSES: "response",
+    Endpoint.MESSAGES: "chat_completion",
+    Endpoint.COMPLETE: "completion",
+}
 
 
 def _flag_headers(flagged: tuple[Finding, ...]) -> dict[str, str]:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, replace
 from extproc.detect.findings import Finding
 from extproc.detect.redact import holdback, redact
 from extproc.dialects.sse import SseEvent, SseParser
-from extproc.dialects.stream import StreamDecoder
+from extproc.dialects.stream import StreamDecoder, Usage
+from extproc.dialects.usage import merge_usage
 from extproc.policy.stream_guard import StreamGuard, StreamVerdict
 
 STOP_MESSAGE = "Response stopped by security policy: {types}"
@@ -34,6 +35,8 @@ class RelayOutput:
     stopped: bool = False
     unparsed: int = 0  # events whose data could not be understood (forwarded unchanged)
     redacted: int = 0  # events rewritten because a redaction touched them
+    first_text: bool = False  # this message carried the stream's first model text
+    usage: Usage | None = None  # usage the events of this message reported, merged
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,7 @@ class _Held:
     event: SseEvent
     text: str
     start: int  # stream offset of `text`
+    drop: bool = False  # the usage chunk extproc asked for on the client's behalf
 
     @property
     def end(self) -> int:
@@ -55,10 +59,12 @@ class SseRelay:
         decoder: StreamDecoder,
         guard: StreamGuard,
         redacts: Callable[[Finding], bool] | None = None,
+        drop_usage_events: bool = False,
     ) -> None:
         self.decoder = decoder
         self.guard = guard
         self.redacts = redacts  # None: nothing is redacted, so nothing is held back
+        self.drop_usage_events = drop_usage_events
         self.parser = SseParser()
         self.held: deque[_Held] = deque()
         self.position = 0  # stream offset of the next model character
@@ -79,13 +85,19 @@ class SseRelay:
         texts: list[str] = []
         items: list[_Held] = []
         unparsed = 0
+        usage: Usage | None = None
         position = self.position
         for event in self._parsed:
             delta = self.decoder.decode(event)
             unparsed += not delta.parsed
-            items.append(_Held(event, delta.text, position))
+            drop = False
+            if delta.usage is not None:
+                usage = merge_usage(usage, delta.usage)
+                drop = self.drop_usage_events and not delta.text
+            items.append(_Held(event, delta.text, position, drop))
             position += len(delta.text)
             texts.append(delta.text)
+        first_text = self.position == 0 and position > 0
         verdict = self.guard.feed("".join(texts))
         self.held.extend(items)
         self._parsed = []
@@ -98,13 +110,15 @@ class SseRelay:
             warning = self.decoder.warning_events(
                 STOP_MESSAGE.format(types=types), "content_filter"
             )
-            return RelayOutput(body + warning, True, verdict, True, unparsed, rewritten)
+            return RelayOutput(
+                body + warning, True, verdict, True, unparsed, rewritten, first_text, usage
+            )
         if end:
             body, rewritten = self._release(None)
             body += self.parser.flush()  # an unterminated tail is forwarded as it came
         else:
             body, rewritten = self._release(self._safe_point())
-        return RelayOutput(body, end, verdict, unparsed=unparsed, redacted=rewritten)
+        return RelayOutput(body, end, verdict, False, unparsed, rewritten, first_text, usage)
 
     def _safe_point(self) -> int:
         if self.redacts is None:
@@ -118,6 +132,8 @@ class SseRelay:
         while self.held and (until is None or self.held[0].end <= until):
             item = self.held.popleft()
             touching = [f for f in self.redactions if f.start < item.end and f.end > item.start]
+            if item.drop:
+                continue
             if item.text and touching:
                 new_text = _redact_piece(item.text, item.start, touching)
                 out.append(self.decoder.rewrite_text(item.event, new_text))

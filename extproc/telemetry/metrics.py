@@ -85,6 +85,19 @@ class Metrics:
             ["direction", "reason"],
             registry=r,
         )
+        self.ttft_seconds = Histogram(
+            "extproc_time_to_first_token_seconds",
+            "From request headers to the first model text of a streamed response.",
+            ["dialect"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+            registry=r,
+        )
+        self.tokens = Counter(
+            "extproc_tokens",
+            "Tokens of finished requests, by kind and whether the provider reported them.",
+            ["kind", "source"],
+            registry=r,
+        )
         self.stream_redactions = Counter(
             "extproc_stream_redacted_events",
             "SSE events rewritten because a redaction touched their text.",
