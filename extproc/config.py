@@ -125,6 +125,12 @@ class PiiConfig(_Section):
     """PII handling on requests (and on responses when output_safety is on)."""
 
     action: Literal["alert_only", "alert_and_redact", "redact_silent"] = "alert_only"
+    reversible: bool = Field(
+        False,
+        description="With a redacting action: forward numbered placeholders ([PII:EMAIL_1]), "
+        "keep the originals in memory for that request only, and put them back in the "
+        "response, so the user sees their data and the provider never does.",
+    )
 
 
 class OutputSafetyConfig(_Section):

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from extproc.detect.findings import Finding
 
 
-def redact(text: str, findings: Iterable[Finding]) -> str:
-    """Replace each finding's span with its `redaction_tag`; overlapping spans become one tag."""
+def redact(
+    text: str, findings: Iterable[Finding], tag_for: Callable[[Finding], str] | None = None
+) -> str:
+    """Replace each finding's span with its tag; overlapping spans become one tag.
+
+    The tag is `finding.redaction_tag` unless `tag_for` names another (numbered placeholders).
+    """
     length = len(text)
     spans = sorted(
         (
-            (max(f.start, 0), min(f.end, length), f.redaction_tag)
+            (max(f.start, 0), min(f.end, length), tag_for(f) if tag_for else f.redaction_tag)
             for f in findings
             if min(f.end, length) > max(f.start, 0)
         ),

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from extproc.config import Config
-from extproc.detect.findings import Finding
+from extproc.detect.findings import Category, Finding
 from extproc.detect.redact import redact
 from extproc.detect.scanner import Scanner
 from extproc.dialects.base import Segment
 from extproc.dialects.jsonbody import dump_json
-from extproc.dialects.jsonpath import set_at
+from extproc.dialects.jsonpath import get_at, set_at
 from extproc.policy.decision import Decision, decide_request, decide_response
+from extproc.policy.placeholders import Placeholders
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,18 +44,42 @@ class Inspector:
                 findings.append(replace(finding, segment=index))
         return findings
 
-    def request(self, segments: Sequence[Segment], body: Any) -> Inspection:
-        """Inspect a parsed request body."""
+    def request(
+        self, segments: Sequence[Segment], body: Any, placeholders: Placeholders | None = None
+    ) -> Inspection:
+        """Inspect a parsed request body; PII goes out as numbered `placeholders` if given."""
         decision = decide_request(self.scan(segments), self.config)
-        return Inspection(decision, _rewrite(body, segments, decision))
+        return Inspection(decision, _rewrite(body, segments, decision, placeholders))
 
-    def response(self, segments: Sequence[Segment], body: Any) -> Inspection:
-        """Inspect a parsed buffered response body."""
+    def response(
+        self, segments: Sequence[Segment], body: Any, placeholders: Placeholders | None = None
+    ) -> Inspection:
+        """Inspect a parsed buffered response body, then put `placeholders` back."""
         decision = decide_response(self.scan(segments), self.config)
-        return Inspection(decision, _rewrite(body, segments, decision))
+        rewritten = _rewrite(body, segments, decision, None)
+        if placeholders is not None and _restore(body, segments, placeholders):
+            rewritten = dump_json(body)
+        return Inspection(decision, rewritten)
 
 
-def _rewrite(body: Any, segments: Sequence[Segment], decision: Decision) -> bytes | None:
+def _restore(body: Any, segments: Sequence[Segment], placeholders: Placeholders) -> bool:
+    changed = False
+    for segment in segments:
+        current = get_at(body, segment.path)
+        if isinstance(current, str):
+            restored = placeholders.restore(current)
+            if restored != current:
+                set_at(body, segment.path, restored)
+                changed = True
+    return changed
+
+
+def _rewrite(
+    body: Any,
+    segments: Sequence[Segment],
+    decision: Decision,
+    placeholders: Placeholders | None,
+) -> bytes | None:
     if not decision.redact or decision.blocked:
         return None
     by_segment: dict[int, list[Finding]] = defaultdict(list)
@@ -62,5 +88,14 @@ def _rewrite(body: Any, segments: Sequence[Segment], decision: Decision) -> byte
             by_segment[finding.segment].append(finding)
     for index, findings in by_segment.items():
         segment = segments[index]
-        set_at(body, segment.path, redact(segment.text, findings))
+        tag_for = None
+        if placeholders is not None:
+            tag_for = functools.partial(_numbered, placeholders, segment.text)
+        set_at(body, segment.path, redact(segment.text, findings, tag_for))
     return dump_json(body)
+
+
+def _numbered(placeholders: Placeholders, text: str, finding: Finding) -> str:
+    if finding.category is Category.PII:
+        return placeholders.tag(finding, text)
+    return finding.redaction_tag

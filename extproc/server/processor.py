@@ -38,6 +38,7 @@ from extproc.policy.decision import (
     redacts_output,
 )
 from extproc.policy.inspect import Inspection, Inspector
+from extproc.policy.placeholders import Placeholders
 from extproc.policy.stream_guard import StreamGuard
 from extproc.server import messages
 from extproc.server.streaming import SseRelay
@@ -94,6 +95,7 @@ class StreamState:
     prompt_chars: int = 0
     completion_chars: int = 0
     response_finding_types: list[str] = field(default_factory=list)
+    placeholders: Placeholders | None = None  # reversible redaction table, this request only
     finished: bool = False  # the stream was ended by us (early stop); nothing more to do
 
     @property
@@ -121,6 +123,8 @@ class Engine:
         self.streaming_enabled = (
             config.enable_security_analysis and streaming.enabled and streaming.output_enabled
         )
+        pii = config.pii
+        self.reversible = pii.reversible and pii.action in ("alert_and_redact", "redact_silent")
         self.output_redactions: Callable[[Finding], bool] | None = None
         if output_redaction_enabled(config):
             self.output_redactions = functools.partial(redacts_output, config=config)
@@ -195,7 +199,11 @@ class RequestProcessor:
         if not st.scan_request:
             return messages.request_body_response()
         parsed, segments = self._parse_request(body)
-        inspection = await self._run(self.engine.inspector.request, segments, parsed, len(body))
+        inspect = self.engine.inspector.request
+        if self.engine.reversible and parsed is not None:
+            st.placeholders = Placeholders()
+            inspect = functools.partial(inspect, placeholders=st.placeholders)
+        inspection = await self._run(inspect, segments, parsed, len(body))
         decision = inspection.decision
         st.request_decision = decision
         self._start_record(parsed, segments)
@@ -323,7 +331,11 @@ class RequestProcessor:
             if decoder is not None:
                 guard = StreamGuard(engine.config, engine.inspector.scanner)
                 st.relay = SseRelay(
-                    decoder, guard, engine.output_redactions, drop_usage_events=st.injected_usage
+                    decoder,
+                    guard,
+                    engine.output_redactions,
+                    drop_usage_events=st.injected_usage,
+                    placeholders=self._placeholders(),
                 )
                 mode = messages.processing_mode(
                     request_body=Mode.NONE, response_body=Mode.FULL_DUPLEX_STREAMED
@@ -359,7 +371,10 @@ class RequestProcessor:
             self._finish_record(None, _verdict_of(st))
             return messages.response_body_response()
         inspection = await self._run(
-            self.engine.inspector.response, segments, parsed, len(msg.body)
+            functools.partial(self.engine.inspector.response, placeholders=self._placeholders()),
+            segments,
+            parsed,
+            len(msg.body),
         )
         decision = inspection.decision
         self._count_findings(decision.findings, "response")
@@ -375,6 +390,11 @@ class RequestProcessor:
         st.response_finding_types = finding_types(decision.findings)
         self._finish_record(None, _verdict_of(st, decision))
         return messages.response_body_response(inspection.body, _flag_headers(flagged))
+
+    def _placeholders(self) -> Placeholders | None:
+        """This request's placeholder table, if reversible redaction replaced anything."""
+        table = self.state.placeholders
+        return table if table is not None and table.values else None
 
     def _relay(self, relay: SseRelay, msg: pb.HttpBody) -> pb.ProcessingResponse:
         st = self.state

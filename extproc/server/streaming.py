@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from extproc.detect.findings import Finding
-from extproc.detect.redact import holdback, redact
+from extproc.detect.redact import holdback
 from extproc.dialects.sse import SseEvent, SseParser
 from extproc.dialects.stream import StreamDecoder, Usage
 from extproc.dialects.usage import merge_usage
+from extproc.policy.placeholders import Placeholders
 from extproc.policy.stream_guard import StreamGuard, StreamVerdict
 
 STOP_MESSAGE = "Response stopped by security policy: {types}"
@@ -60,11 +61,14 @@ class SseRelay:
         guard: StreamGuard,
         redacts: Callable[[Finding], bool] | None = None,
         drop_usage_events: bool = False,
+        placeholders: Placeholders | None = None,
     ) -> None:
         self.decoder = decoder
         self.guard = guard
         self.redacts = redacts  # None: nothing is redacted, so nothing is held back
         self.drop_usage_events = drop_usage_events
+        self.placeholders = placeholders  # reversible redaction: values to put back
+        self.restores: dict[int, tuple[int, int, str]] = {}  # by stream start offset
         self.parser = SseParser()
         self.held: deque[_Held] = deque()
         self.position = 0  # stream offset of the next model character
@@ -104,6 +108,9 @@ class SseRelay:
         self.position = position
         if self.redacts is not None:
             self.redactions += [f for f in verdict.findings if self.redacts(f)]
+        if self.placeholders is not None:
+            for span in self.placeholders.spans(self.guard.text, self.guard.offset):
+                self.restores.setdefault(span[0], span)
         if verdict.stop_at is not None:
             body, rewritten = self._release(verdict.stop_at)
             types = ",".join(sorted({f.type for f in verdict.findings}))
@@ -121,9 +128,12 @@ class SseRelay:
         return RelayOutput(body, end, verdict, False, unparsed, rewritten, first_text, usage)
 
     def _safe_point(self) -> int:
-        if self.redacts is None:
-            return self.position
-        return self.position - holdback(self.guard.text, self.guard.overlap)
+        held = 0
+        if self.redacts is not None:
+            held = holdback(self.guard.text, self.guard.overlap)
+        if self.placeholders is not None:
+            held = max(held, Placeholders.open_tail(self.guard.text))
+        return self.position - held
 
     def _release(self, until: int | None) -> tuple[bytes, int]:
         """Forward held events, in order, whose text ends at or before `until` (None: all)."""
@@ -131,18 +141,26 @@ class SseRelay:
         rewritten = 0
         while self.held and (until is None or self.held[0].end <= until):
             item = self.held.popleft()
-            touching = [f for f in self.redactions if f.start < item.end and f.end > item.start]
             if item.drop:
                 continue
+            touching = [
+                span for span in self._spans() if span[0] < item.end and span[1] > item.start
+            ]
             if item.text and touching:
-                new_text = _redact_piece(item.text, item.start, touching)
+                new_text = _rewrite_piece(item.text, item.start, touching)
                 out.append(self.decoder.rewrite_text(item.event, new_text))
                 rewritten += 1
             else:
                 out.append(item.event.raw)
         released = self.held[0].start if self.held else self.position
         self.redactions = [f for f in self.redactions if f.end > released]
+        self.restores = {k: v for k, v in self.restores.items() if v[1] > released}
         return b"".join(out), rewritten
+
+    def _spans(self) -> list[tuple[int, int, str]]:
+        spans = [(f.start, f.end, f.redaction_tag) for f in self.redactions]
+        spans.extend(self.restores.values())
+        return spans
 
     def fail_open(self) -> bytes:
         """After an internal error: forward everything held back and received, unchecked."""
@@ -161,14 +179,24 @@ class SseRelay:
         )
 
 
-def _redact_piece(text: str, start: int, findings: list[Finding]) -> str:
-    """Redact one event's text: a tag where a finding starts, nothing where it continues."""
-    # A finding that began in an earlier event already left its tag there; drop the rest.
-    cut = max((f.end - start for f in findings if f.start < start), default=0)
-    cut = min(cut, len(text))
-    local = [
-        replace(f, start=f.start - start - cut, end=f.end - start - cut)
-        for f in findings
-        if f.start >= start
-    ]
-    return redact(text[cut:], local)
+def _rewrite_piece(text: str, start: int, spans: list[tuple[int, int, str]]) -> str:
+    """One event's text with each span replaced; the replacement goes where a span starts.
+
+    A span that began in an earlier event already left its replacement there, so its part in
+    this event is dropped; of overlapping spans the first one wins.
+    """
+    out: list[str] = []
+    cursor = 0
+    for span_start, span_end, replacement in sorted(spans):
+        local_start = span_start - start
+        local_end = min(span_end - start, len(text))
+        if local_end <= cursor:
+            continue
+        if local_start < cursor:  # began earlier (or overlaps the previous span): cut only
+            cursor = local_end
+            continue
+        out.append(text[cursor:local_start])
+        out.append(replacement)
+        cursor = local_end
+    out.append(text[cursor:])
+    return "".join(out)

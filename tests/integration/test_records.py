@@ -109,3 +109,36 @@ def test_blocked_request_record(stack: Stack) -> None:
     record = records(stack)[-1]
     assert record.decision == "blocked" and record.status_code == 403  # type: ignore[attr-defined]
     assert "prompt_injection" in record.finding_types  # type: ignore[attr-defined]
+
+
+def test_reversible_redaction_round_trip() -> None:
+    from tests.integration.harness import running_stack
+
+    settings = {"pii.action": "alert_and_redact", "pii.reversible": True}
+    with running_stack(settings) as s:
+        text = (
+            "echo: write to jane.doe@example.com and john@corp.example about jane.doe@example.com"
+        )
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": text}]}
+        resp = s.post("/v1/chat/completions", body)
+        sent = json.loads(s.upstream.requests[-1].body)["messages"][0]["content"]
+        assert sent == "echo: write to [PII:EMAIL_1] and [PII:EMAIL_2] about [PII:EMAIL_1]"
+        expected = text.removeprefix("echo: ")
+        assert resp.json()["choices"][0]["message"]["content"] == expected
+        # streamed: the demo sends 4-character chunks, so placeholders arrive split
+        raw = stream_text(s, "/v1/chat/completions", {**body, "stream": True})
+        content = "".join(
+            (json.loads(e[6:])["choices"] or [{"delta": {}}])[0]["delta"].get("content") or ""
+            for e in raw.split(b"\n\n")
+            if e.startswith(b"data: {")
+        )
+        assert content == expected
+        assert b"[PII:" not in raw
+        anthropic = {
+            "model": "claude",
+            "max_tokens": 64,
+            "stream": True,
+            "messages": [{"role": "user", "content": text}],
+        }
+        raw = stream_text(s, "/v1/messages", anthropic)
+        assert b"[PII:" not in raw and b"jane.doe@example.com" in raw
