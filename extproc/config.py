@@ -151,6 +151,14 @@ class StreamingAnalysisConfig(_Section):
     early_stop_min_severity: SeverityLevel = Field(
         Severity.CRITICAL, description="The severity that stops a stream (with the flag above)."
     )
+    token_interval: int = Field(
+        50,
+        ge=1,
+        le=100000,
+        description="The config guide's check interval in tokens. extproc checks every chunk "
+        "Envoy delivers before forwarding it, which is never less often, so this is an upper "
+        "bound kept for compatibility.",
+    )
     include_usage: bool = Field(
         True,
         description="Add stream_options.include_usage to OpenAI streaming requests so token "

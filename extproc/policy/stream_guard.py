@@ -36,6 +36,10 @@ class StreamGuard:
         self.text = ""  # kept only as long as the overlap needs; `offset` is its stream position
         self.offset = 0
         self.total = 0  # characters of model text seen
+        # The whole text, for one full analysis at the end (bounded like a buffered body).
+        self.pieces: list[str] = []
+        self.limit = config.server.max_response_size_bytes
+        self.reported: set[tuple[str, int]] = set()
 
     def feed(self, new_text: str) -> StreamVerdict:
         """Check `new_text` (just decoded from the stream) before it is forwarded."""
@@ -53,6 +57,7 @@ class StreamGuard:
                 finding, start=finding.start + window_start, end=finding.end + window_start
             )
             verdict.findings.append(shifted)
+            self.reported.add((shifted.type, shifted.start))
             if (
                 self.stop_severity is not None
                 and finding.severity >= self.stop_severity
@@ -60,7 +65,22 @@ class StreamGuard:
                 and (verdict.stop_at is None or shifted.start < verdict.stop_at)
             ):
                 verdict.stop_at = shifted.start
+        if self.total <= self.limit:
+            self.pieces.append(new_text)
         keep = window[-self.overlap :]
         self.offset = window_start + len(window) - len(keep)
         self.text = keep
         return verdict
+
+    def final(self) -> list[Finding]:
+        """One full analysis of the whole streamed text: findings the chunk checks missed.
+
+        They are reported (metrics, the request record); what was sent cannot change.
+        """
+        text = "".join(self.pieces)
+        self.pieces = []
+        return [
+            f
+            for f in self.scanner.scan(text, Role.OUTPUT)
+            if (f.type, f.start) not in self.reported
+        ]

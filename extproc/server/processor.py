@@ -415,6 +415,13 @@ class RequestProcessor:
             metrics.child(metrics.stream_redactions, st.dialect_label).inc(out.redacted)
         if out.verdict.findings:
             self._count_findings(tuple(out.verdict.findings), "response")
+        if out.end and not out.stopped:
+            late = relay.guard.final()
+            if late:
+                self._count_findings(tuple(late), "response")
+                st.response_finding_types = sorted(
+                    {*st.response_finding_types, *finding_types(late)}
+                )
         if out.stopped or out.end:
             st.completion_chars = relay.position
             self._finish_record(None, "stopped" if out.stopped else _verdict_of(st))

@@ -142,3 +142,10 @@ def test_reversible_redaction_round_trip() -> None:
         }
         raw = stream_text(s, "/v1/messages", anthropic)
         assert b"[PII:" not in raw and b"jane.doe@example.com" in raw
+
+
+def test_responses_api_stream_passes(stack: Stack) -> None:
+    body = {"model": "gpt-4o", "stream": True, "input": "echo: all good"}
+    raw = stream_text(stack, "/v1/responses", body)
+    assert b"response.completed" in raw
+    assert b"all good" in raw

@@ -211,3 +211,25 @@ def test_split_email_and_key_are_redacted_in_the_stream() -> None:
         assert text == "Write to [PII:EMAIL] and use [SECRET:AWS_ACCESS_KEY] please — thanks"
         assert raw.endswith(b"data: [DONE]\n\n")
         assert 'extproc_stream_redacted_events_total{dialect="openai"}' in stack.metrics()
+
+
+def test_responses_stream_stops_with_error_events(sse: tuple[Stack, FixedSseUpstream]) -> None:
+    stack, upstream = sse
+
+    def delta(text: str) -> bytes:
+        data = {
+            "type": "response.output_text.delta",
+            "item_id": "m1",
+            "output_index": 0,
+            "content_index": 0,
+            "delta": text,
+        }
+        return b"event: response.output_text.delta\ndata: " + json.dumps(data).encode() + b"\n\n"
+
+    chunks = [delta("Here: "), delta(OPENAI_KEY), delta(" more")]
+    upstream.reset(chunks, delay=0.01)
+    status, raw = stream(stack, "/v1/responses", {"model": "gpt-4o", "stream": True, "input": "x"})
+    assert status == 200
+    assert raw.startswith(chunks[0])
+    assert OPENAI_KEY.encode() not in raw and b"more" not in raw
+    assert b"event: error" in raw and b"response.failed" in raw

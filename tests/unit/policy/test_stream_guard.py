@@ -52,3 +52,14 @@ def test_offsets_follow_the_whole_stream(scanner: Scanner) -> None:
     g.feed("x" * 1000)
     verdict = g.feed(f" {KEY}")
     assert verdict.stop_at == 1001
+
+
+def test_final_analysis_finds_what_the_overlap_missed(scanner: Scanner) -> None:
+    g = guard(scanner, **{"streaming_analysis.overlap_chars": 64})
+    header = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"
+    payload = "eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ"
+    g.feed(f"token: {header}.{payload}")
+    assert g.feed(".SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c done").findings == []
+    late = g.final()
+    assert [f.type for f in late] == ["jwt"]
+    assert g.final() == []
