@@ -391,6 +391,21 @@ class RequestProcessor:
         self._finish_record(None, _verdict_of(st, decision))
         return messages.response_body_response(inspection.body, _flag_headers(flagged))
 
+    def _final_analysis(self, relay: SseRelay) -> None:
+        """Report what a full scan of the streamed text finds; the bytes are already decided."""
+        st = self.state
+        try:
+            late = relay.guard.final()
+        except Exception:
+            # Only reporting depends on it: never let it cost the stream's last bytes.
+            log.exception("final stream analysis failed trace=%s", st.trace_id)
+            mode = self.engine.config.server.failure_mode
+            self.engine.metrics.inc(self.engine.metrics.errors, "response_body", mode)
+            return
+        if late:
+            self._count_findings(tuple(late), "response")
+            st.response_finding_types = sorted({*st.response_finding_types, *finding_types(late)})
+
     def _placeholders(self) -> Placeholders | None:
         """This request's placeholder table, if reversible redaction replaced anything."""
         table = self.state.placeholders
@@ -415,13 +430,8 @@ class RequestProcessor:
             metrics.child(metrics.stream_redactions, st.dialect_label).inc(out.redacted)
         if out.verdict.findings:
             self._count_findings(tuple(out.verdict.findings), "response")
-        if out.end and not out.stopped:
-            late = relay.guard.final()
-            if late:
-                self._count_findings(tuple(late), "response")
-                st.response_finding_types = sorted(
-                    {*st.response_finding_types, *finding_types(late)}
-                )
+        if out.end and not out.stopped and not relay.disabled:
+            self._final_analysis(relay)
         if out.stopped or out.end:
             st.completion_chars = relay.position
             self._finish_record(None, "stopped" if out.stopped else _verdict_of(st))
