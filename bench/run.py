@@ -331,6 +331,8 @@ def _bench(work: Path, conns: list[int], args: argparse.Namespace) -> tuple[list
         "server.admin_port": free_port(),
         "server.workers": args.workers,
         "logging.level": "warning",
+        "storage.database_path": str(work / "traces.db"),
+        "storage.journal_dir": str(work / "journal"),
     }
     for item in args.sets:
         path, _, value = item.partition("=")

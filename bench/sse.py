@@ -123,10 +123,12 @@ async def bench(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         "server.admin_port": free_port(),
         "logging.level": "warning",
     }
-    config = load_config(environ={}, overrides=settings.items())
     fronts: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="extproc-bench-sse-") as tmp, ExitStack() as stack:
         work = Path(tmp)
+        settings["storage.database_path"] = str(work / "traces.db")
+        settings["storage.journal_dir"] = str(work / "journal")
+        config = load_config(environ={}, overrides=settings.items())
         noop_grpc = free_port()
         variants = {
             "envoy alone": (config, False),

@@ -119,6 +119,21 @@ def _cmd_up(args: argparse.Namespace) -> int:
     return asyncio.run(run_stack(config, demo_port=demo_port))
 
 
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    config = _resolve(args)
+    if config.storage.profile == "memory":
+        print("storage.profile is memory: nothing to migrate")
+        return 0
+    from extproc.storage.stores import SqliteTraceStore
+
+    store = SqliteTraceStore(config.storage.database_path, migrate=True)
+    store.close()
+    applied = store.applied
+    where = config.storage.database_path
+    print(f"{where}: applied {', '.join(applied)}" if applied else f"{where}: up to date")
+    return 0
+
+
 def _cmd_envoy_render(args: argparse.Namespace) -> int:
     from extproc.envoy_config import render_yaml
 
@@ -151,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="print the resolved config, or every error")
     _add_config_args(validate)
     validate.set_defaults(func=_cmd_validate)
+
+    migrate = sub.add_parser("migrate", help="apply pending storage schema migrations")
+    _add_config_args(migrate)
+    migrate.set_defaults(func=_cmd_migrate)
 
     envoy = sub.add_parser("envoy", help="Envoy configuration")
     envoy_sub = envoy.add_subparsers(dest="envoy_command", required=True)

@@ -173,6 +173,33 @@ class StreamingAnalysisConfig(_Section):
     )
 
 
+class StorageConfig(_Section):
+    """Where request records (traces, spans, findings) are kept; written off the hot path."""
+
+    profile: Literal["memory", "lite"] = Field(
+        "lite",
+        description="memory: lost on restart (tests); lite: an SQLite file. (production, with "
+        "PostgreSQL and Redis, arrives with its issue.)",
+    )
+    database_path: Path = Field(Path("extproc.db"), description="The SQLite file (lite).")
+    capture_content: Literal["full", "redacted", "none"] = Field(
+        "redacted",
+        description="What prompt/response text is stored: as sent, with findings replaced by "
+        "tags, or not at all.",
+    )
+    auto_migrate: bool = Field(True, description="Apply pending schema migrations at start.")
+    queue_size: int = Field(10000, ge=1, description="Records waiting for the writer.")
+    batch_size: int = Field(200, ge=1, le=10000, description="Records per database write.")
+    flush_interval_ms: int = Field(200, ge=1, description="Longest wait before a write.")
+    journal_dir: Path = Field(
+        Path("extproc-journal"),
+        description="Spill journal for records the database could not take (replayed later).",
+    )
+    shutdown_timeout_seconds: float = Field(
+        10.0, ge=0, description="How long shutdown waits for the writer to drain."
+    )
+
+
 class LoggingConfig(_Section):
     """Log level and format."""
 
@@ -190,6 +217,7 @@ class Config(_Section):
     pii: PiiConfig = Field(default_factory=PiiConfig)
     output_safety: OutputSafetyConfig = Field(default_factory=OutputSafetyConfig)
     streaming_analysis: StreamingAnalysisConfig = Field(default_factory=StreamingAnalysisConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     envoy: EnvoyConfig = Field(default_factory=EnvoyConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)

@@ -40,6 +40,7 @@ class StreamGuard:
         self.pieces: list[str] = []
         self.limit = config.server.max_response_size_bytes
         self.reported: set[tuple[str, int]] = set()
+        self.full_text = ""  # set by final()
 
     def feed(self, new_text: str) -> StreamVerdict:
         """Check `new_text` (just decoded from the stream) before it is forwarded."""
@@ -77,7 +78,7 @@ class StreamGuard:
 
         They are reported (metrics, the request record); what was sent cannot change.
         """
-        text = "".join(self.pieces)
+        text = self.full_text = "".join(self.pieces)
         self.pieces = []
         return [
             f

@@ -21,6 +21,7 @@ from extproc.config import Config
 from extproc.detect.scanner import Scanner
 from extproc.policy.inspect import Inspector
 from extproc.server.processor import Engine, ExternalProcessor
+from extproc.storage.factory import Storage, open_storage
 from extproc.telemetry.metrics import Metrics
 
 log = logging.getLogger("extproc.server")
@@ -64,6 +65,7 @@ class ServerHandle:
     grpc_port: int
     admin: uvicorn.Server | None = None
     admin_task: asyncio.Task[None] | None = None
+    storage: Storage | None = None
     started: float = field(default_factory=time.time)
 
     def health(self) -> dict[str, Any]:
@@ -84,6 +86,10 @@ class ServerHandle:
     async def stop(self, grace: float) -> None:
         """Stop accepting streams, let open ones finish within `grace`, stop admin."""
         await self.grpc_server.stop(grace)
+        if self.storage is not None:
+            # After the last stream, so every finished request is queued before the drain.
+            timeout = self.engine.config.storage.shutdown_timeout_seconds
+            await asyncio.to_thread(self.storage.close, timeout)
         if self.admin is not None:
             self.admin.should_exit = True
         if self.admin_task is not None:
@@ -105,8 +111,10 @@ async def start_servers(
     bound = server.add_insecure_port(f"{config.server.grpc_host}:{port}")
     if bound == 0:
         raise OSError(f"cannot listen on {config.server.grpc_host}:{port} for gRPC")
+    storage = open_storage(engine.config, engine.metrics, instance=f"port-{bound}")
+    engine.writer = storage.writer
     await server.start()
-    handle = ServerHandle(engine, server, bound)
+    handle = ServerHandle(engine, server, bound, storage=storage)
     if admin:
         app = create_admin_app(handle.health, engine.metrics)
         uv_config = uvicorn.Config(

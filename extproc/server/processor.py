@@ -13,7 +13,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +23,12 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from extproc.config import Config
-from extproc.detect.findings import Finding
+from extproc.detect.findings import Category, Finding, Role
+from extproc.detect.redact import redact
 from extproc.dialects.base import Dialect, DialectError, Segment
 from extproc.dialects.endpoints import Endpoint, endpoint_for_path
 from extproc.dialects.jsonbody import dump_json
+from extproc.dialects.jsonpath import format_path
 from extproc.dialects.routing import default_dialect_for_path, dialect_for_path, parse_json
 from extproc.dialects.stream import Usage, decoder_for_path
 from extproc.dialects.usage import estimate_tokens, merge_usage, request_model, response_usage
@@ -43,6 +45,8 @@ from extproc.policy.stream_guard import StreamGuard
 from extproc.server import messages
 from extproc.server.streaming import SseRelay
 from extproc.server.tenancy import TENANCY_HEADERS, agent_from_headers, tenant_from_headers
+from extproc.storage.model import StoredFinding
+from extproc.storage.writer import TraceWriter
 from extproc.telemetry.metrics import Metrics
 from extproc.telemetry.records import RecentRecords, RequestRecord
 
@@ -96,6 +100,7 @@ class StreamState:
     completion_chars: int = 0
     response_finding_types: list[str] = field(default_factory=list)
     placeholders: Placeholders | None = None  # reversible redaction table, this request only
+    stream_findings: list[Finding] = field(default_factory=list)
     finished: bool = False  # the stream was ended by us (early stop); nothing more to do
 
     @property
@@ -117,6 +122,7 @@ class Engine:
         self.inspector = inspector
         self.metrics = metrics
         self.records = RecentRecords()
+        self.writer: TraceWriter | None = None  # set by the app when storage is configured
         self.analysis_enabled = config.enable_security_analysis
         self.output_enabled = config.enable_security_analysis and config.output_safety.enabled
         streaming = config.streaming_analysis
@@ -207,6 +213,9 @@ class RequestProcessor:
         decision = inspection.decision
         st.request_decision = decision
         self._start_record(parsed, segments)
+        if st.record is not None:
+            st.record.findings += _stored(decision.findings, "request", segments)
+            st.record.prompt = self._capture(segments, decision.findings)
         self._count_findings(decision.findings, "request")
         if decision.blocked:
             engine.metrics.inc(engine.metrics.requests, Verdict.BLOCKED.value, st.dialect_label)
@@ -297,6 +306,8 @@ class RequestProcessor:
                 record.completion_tokens
             )
         self.engine.records.add(record)
+        if self.engine.writer is not None:
+            self.engine.writer.submit(record.to_span())
 
     async def _run(
         self,
@@ -387,9 +398,32 @@ class RequestProcessor:
             flagged = st.request_decision.flagged + flagged
         st.usage = response_usage(parsed)
         st.completion_chars = sum(len(seg.text) for seg in segments)
+        if st.record is not None:
+            st.record.findings += _stored(decision.findings, "response", segments)
+            st.record.response = self._capture(segments, decision.findings)
         st.response_finding_types = finding_types(decision.findings)
         self._finish_record(None, _verdict_of(st, decision))
         return messages.response_body_response(inspection.body, _flag_headers(flagged))
+
+    def _capture(
+        self, segments: Sequence[Segment], findings: Sequence[Finding], roles: bool = True
+    ) -> str | None:
+        """The text to store, as `storage.capture_content` says (PII and secrets tagged)."""
+        mode = self.engine.config.storage.capture_content
+        if mode == "none":
+            return None
+        lines = []
+        for index, segment in enumerate(segments):
+            text = segment.text
+            if mode == "redacted":
+                hidden = [
+                    f
+                    for f in findings
+                    if f.category in _HIDDEN and (f.segment == index or f.segment is None)
+                ]
+                text = redact(text, hidden)
+            lines.append(f"{segment.role}: {text}" if roles else text)
+        return "\n".join(lines)
 
     def _final_analysis(self, relay: SseRelay) -> None:
         """Report what a full scan of the streamed text finds; the bytes are already decided."""
@@ -403,6 +437,7 @@ class RequestProcessor:
             self.engine.metrics.inc(self.engine.metrics.errors, "response_body", mode)
             return
         if late:
+            st.stream_findings += late
             self._count_findings(tuple(late), "response")
             st.response_finding_types = sorted({*st.response_finding_types, *finding_types(late)})
 
@@ -421,6 +456,7 @@ class RequestProcessor:
             metrics.child(metrics.ttft_seconds, st.dialect_label).observe(ttft)
         st.usage = merge_usage(st.usage, out.usage)
         if out.verdict.findings:
+            st.stream_findings += out.verdict.findings
             st.response_finding_types = sorted(
                 {*st.response_finding_types, *finding_types(out.verdict.findings)}
             )
@@ -434,6 +470,11 @@ class RequestProcessor:
             self._final_analysis(relay)
         if out.stopped or out.end:
             st.completion_chars = relay.position
+            if st.record is not None:
+                st.record.findings += _stored(tuple(st.stream_findings), "response", None)
+                text = relay.guard.full_text or "".join(relay.guard.pieces)
+                segment = Segment(Role.OUTPUT, text, ())
+                st.record.response = self._capture([segment], tuple(st.stream_findings), False)
             self._finish_record(None, "stopped" if out.stopped else _verdict_of(st))
         if out.stopped:
             st.finished = True
@@ -502,6 +543,31 @@ def _continue(phase: str) -> pb.ProcessingResponse:
         "response_trailers": messages.response_trailers_response,
     }
     return builders[phase]()
+
+
+_HIDDEN = (Category.PII, Category.SECRET)
+
+
+def _stored(
+    findings: Sequence[Finding], direction: str, segments: Sequence[Segment] | None
+) -> list[StoredFinding]:
+    out = []
+    for f in findings:
+        where = "stream"
+        if segments is not None and f.segment is not None and f.segment < len(segments):
+            where = format_path(segments[f.segment].path)
+        out.append(
+            StoredFinding(
+                f.type,
+                f.category.value,
+                int(f.severity),
+                f.confidence,
+                f"{direction}:{where}:{f.start}-{f.end}",
+                f.rule_id,
+                f.detector,
+            )
+        )
+    return out
 
 
 def _verdict_of(st: StreamState, response: Decision | None = None) -> str:

@@ -104,6 +104,22 @@ class Metrics:
             ["dialect"],
             registry=r,
         )
+        self.storage_queue_depth = Gauge(
+            "extproc_storage_queue_depth",
+            "Trace records waiting for the writer.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.storage_batches = Counter(
+            "extproc_storage_batches", "Batches written to the trace store.", registry=r
+        )
+        self.storage_records = Counter(
+            "extproc_storage_records",
+            "Trace records by outcome: written, spilled (to the journal), replayed (from it), "
+            "skipped (unreadable journal records), dropped (lost; should stay 0).",
+            ["outcome"],
+            registry=r,
+        )
         self.active_streams = Gauge(
             "extproc_active_streams",
             "ext_proc streams currently open.",

@@ -6,6 +6,8 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
+from extproc.storage.model import SpanRecord, StoredFinding, security_score
+
 
 @dataclass(slots=True)
 class RequestRecord:
@@ -26,6 +28,34 @@ class RequestRecord:
     usage_source: str = "none"  # "usage" (from the provider), "estimate", or "partial" (mixed)
     ttft_ms: float | None = None  # first model text seen in a streamed response
     latency_ms: float | None = None  # request headers to the end of the response
+    findings: list[StoredFinding] = field(default_factory=list)
+    prompt: str | None = None  # as `storage.capture_content` allows
+    response: str | None = None
+
+    def to_span(self) -> SpanRecord:
+        """The record as stored (one span per trace)."""
+        findings = tuple(self.findings)
+        return SpanRecord(
+            trace_id=self.trace_id,
+            span_id=self.trace_id,
+            tenant_id=self.tenant_id,
+            agent_id=self.agent_id,
+            created_at=self.started,
+            operation_name=self.operation_name or "request",
+            decision=self.decision,
+            security_score=security_score(findings),
+            model_name=self.model,
+            dialect=self.dialect,
+            prompt=self.prompt,
+            response=self.response,
+            status_code=self.status_code,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            usage_source=self.usage_source,
+            ttft_ms=self.ttft_ms,
+            latency_ms=self.latency_ms,
+            findings=findings,
+        )
 
 
 class RecentRecords:

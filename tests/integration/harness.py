@@ -124,6 +124,7 @@ class Stack:
             "envoy.admin_port": free_port(),
             "server.grpc_port": free_port(),
             "server.admin_port": free_port(),
+            "storage.profile": "memory",
         }
         settings.update(overrides or {})
         self.config = load_config(environ={}, overrides=settings.items())

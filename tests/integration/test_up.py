@@ -22,7 +22,8 @@ pytestmark = pytest.mark.integration
 class Up:
     """An `extproc up` process on free ports."""
 
-    def __init__(self) -> None:
+    def __init__(self, workdir: Path) -> None:
+        self.database = workdir / "traces.db"
         self.envoy_port = free_port()
         self.admin_port = free_port()
         self.demo_port = free_port()
@@ -83,8 +84,8 @@ class Up:
 
 
 @pytest.fixture
-def up() -> Iterator[Up]:
-    stack = Up()
+def up(tmp_path: Path) -> Iterator[Up]:
+    stack = Up(tmp_path)
     try:
         yield stack
     finally:

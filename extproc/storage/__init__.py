@@ -1,0 +1,1 @@
+"""Storage: traces persisted off the hot path."""

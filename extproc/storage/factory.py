@@ -1,0 +1,55 @@
+"""Open the storage a config asks for: the store, the spill journal and the writer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from extproc.config import Config
+from extproc.storage.journal import Journal
+from extproc.storage.stores import MemoryTraceStore, SqliteTraceStore, TraceStore
+from extproc.storage.writer import TraceWriter
+from extproc.telemetry.metrics import Metrics
+
+
+@dataclass
+class Storage:
+    """The storage of one server process."""
+
+    store: TraceStore
+    journal: Journal | None
+    writer: TraceWriter
+
+    def close(self, timeout: float) -> bool:
+        """Drain the writer (bounded by `timeout`) and release files; True when drained."""
+        drained = self.writer.stop(timeout)
+        if self.journal is not None:
+            self.journal.close()
+        self.store.close()
+        return drained
+
+
+def open_store(config: Config) -> TraceStore:
+    """The trace store of `storage.profile` (migrated when `storage.auto_migrate`)."""
+    settings = config.storage
+    if settings.profile == "memory":
+        return MemoryTraceStore()
+    return SqliteTraceStore(settings.database_path, migrate=settings.auto_migrate)
+
+
+def open_storage(config: Config, metrics: Metrics, *, instance: str) -> Storage:
+    """Store, journal and a started writer; `instance` keeps worker processes' journals apart."""
+    settings = config.storage
+    store = open_store(config)
+    journal = None
+    if settings.profile != "memory":  # the memory store cannot fail, so nothing to spill
+        journal = Journal(settings.journal_dir / instance)
+    writer = TraceWriter(
+        store,
+        journal,
+        metrics,
+        queue_size=settings.queue_size,
+        batch_size=settings.batch_size,
+        flush_interval=settings.flush_interval_ms / 1000,
+    )
+    writer.start()
+    return Storage(store, journal, writer)
