@@ -23,7 +23,7 @@ class Up:
     """An `extproc up` process on free ports."""
 
     def __init__(self, workdir: Path) -> None:
-        self.database = workdir / "traces.db"
+        self.database = workdir / "extproc.db"  # the default lite store, relative to cwd
         self.envoy_port = free_port()
         self.admin_port = free_port()
         self.demo_port = free_port()
@@ -45,7 +45,7 @@ class Up:
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("EXTPROC_")}
         self.proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=workdir
         )
         self.ready = self._read_ready_line()
 
@@ -116,6 +116,13 @@ def test_up_serves_traffic_and_stops_cleanly_on_sigint(up: Up) -> None:
     assert httpx.post(url, json=attack, timeout=10).status_code == 403
     benign = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello"}]}
     assert httpx.post(url, json=benign, timeout=10).status_code == 200
+    from extproc.storage.stores import SpanQuery, SqliteTraceStore
+    from tests.integration.harness import wait_until
+
+    reader = SqliteTraceStore(up.database, migrate=False)  # `up` stores traces by default
+    wait_until(lambda: len(reader.query(SpanQuery())) == 2, "two stored traces")
+    assert {s.decision for s in reader.query(SpanQuery())} == {"blocked", "allowed"}
+    reader.close()
     health = httpx.get(f"http://127.0.0.1:{up.admin_port}/health", timeout=5).json()
     assert health["status"] == "ok"
     children = up.children()
