@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from extproc import __version__
-from extproc.config import Config, ConfigError, dump_config, load_config, parse_scalar
+from extproc.config import (
+    Config,
+    ConfigError,
+    dump_config,
+    load_config,
+    mask_url,
+    parse_scalar,
+)
 from extproc.detect.errors import RulePackError
 
 # CLI flags that are shortcuts for config paths; `--set PATH=VALUE` reaches the rest.
@@ -84,7 +91,7 @@ def _setup_logging(config: Config) -> None:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     config = _resolve(args)
-    sys.stdout.write(dump_config(config))
+    sys.stdout.write(dump_config(config, mask_secrets=True))
     return 0
 
 
@@ -121,15 +128,23 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
     config = _resolve(args)
-    if config.storage.profile == "memory":
+    settings = config.storage
+    if settings.profile == "memory":
         print("storage.profile is memory: nothing to migrate")
         return 0
-    from extproc.storage.stores import SqliteTraceStore
+    from extproc.storage.factory import open_store
 
-    store = SqliteTraceStore(config.storage.database_path, migrate=True)
+    forced = config.model_copy(
+        update={"storage": settings.model_copy(update={"auto_migrate": True})}
+    )
+    store = open_store(forced)
+    applied: list[str] = getattr(store, "applied", [])
     store.close()
-    applied = store.applied
-    where = config.storage.database_path
+    where = (
+        mask_url(settings.postgres_url or "")
+        if settings.profile == "production"
+        else settings.database_path
+    )
     print(f"{where}: applied {', '.join(applied)}" if applied else f"{where}: up to date")
     return 0
 

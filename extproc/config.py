@@ -22,6 +22,7 @@ from pydantic import (
     PlainSerializer,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from extproc.detect.findings import Severity
@@ -176,18 +177,25 @@ class StreamingAnalysisConfig(_Section):
 class StorageConfig(_Section):
     """Where request records (traces, spans, findings) are kept; written off the hot path."""
 
-    profile: Literal["memory", "lite"] = Field(
+    profile: Literal["memory", "lite", "production"] = Field(
         "lite",
-        description="memory: lost on restart (tests); lite: an SQLite file. (production, with "
-        "PostgreSQL and Redis, arrives with its issue.)",
+        description="memory: lost on restart (tests); lite: an SQLite file; production: "
+        "PostgreSQL (postgres_url).",
     )
     database_path: Path = Field(Path("extproc.db"), description="The SQLite file (lite).")
+    postgres_url: str | None = Field(
+        None, description="postgresql://user:pass@host:5432/db (production; required there)."
+    )
     capture_content: Literal["full", "redacted", "none"] = Field(
         "redacted",
         description="What prompt/response text is stored: as sent, with findings replaced by "
         "tags, or not at all.",
     )
-    auto_migrate: bool = Field(True, description="Apply pending schema migrations at start.")
+    auto_migrate: bool | None = Field(
+        None,
+        description="Apply pending schema migrations at start; default: yes, except in "
+        "production (run `extproc migrate` there).",
+    )
     queue_size: int = Field(10000, ge=1, description="Records waiting for the writer.")
     batch_size: int = Field(200, ge=1, le=10000, description="Records per database write.")
     flush_interval_ms: int = Field(200, ge=1, description="Longest wait before a write.")
@@ -198,6 +206,19 @@ class StorageConfig(_Section):
     shutdown_timeout_seconds: float = Field(
         10.0, ge=0, description="How long shutdown waits for the writer to drain."
     )
+
+    @model_validator(mode="after")
+    def _production_needs_postgres(self) -> StorageConfig:
+        if self.profile == "production" and not self.postgres_url:
+            raise ValueError("profile production needs postgres_url")
+        return self
+
+    @property
+    def migrate_at_start(self) -> bool:
+        """`auto_migrate`, or its default for the profile."""
+        if self.auto_migrate is not None:
+            return self.auto_migrate
+        return self.profile != "production"
 
 
 class LoggingConfig(_Section):
@@ -368,7 +389,21 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def dump_config(config: Config) -> str:
-    """The resolved configuration as YAML, as `extproc validate` prints it."""
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by `***` (for printing and logs)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def dump_config(config: Config, *, mask_secrets: bool = False) -> str:
+    """The resolved configuration as YAML (`mask_secrets` for `extproc validate`'s output)."""
     data = config.model_dump(mode="json")
+    url = data["storage"].get("postgres_url")
+    if mask_secrets and url:
+        data["storage"]["postgres_url"] = mask_url(url)
     return yaml.safe_dump(data, sort_keys=False)

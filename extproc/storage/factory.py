@@ -33,7 +33,12 @@ def open_store(config: Config) -> TraceStore:
     settings = config.storage
     if settings.profile == "memory":
         return MemoryTraceStore()
-    return SqliteTraceStore(settings.database_path, migrate=settings.auto_migrate)
+    if settings.profile == "production":
+        from extproc.storage.postgres import PostgresTraceStore
+
+        assert settings.postgres_url is not None  # checked by the config
+        return PostgresTraceStore(settings.postgres_url, migrate=settings.migrate_at_start)
+    return SqliteTraceStore(settings.database_path, migrate=settings.migrate_at_start)
 
 
 def open_storage(config: Config, metrics: Metrics, *, instance: str) -> Storage:
