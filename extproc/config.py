@@ -203,8 +203,8 @@ class StorageConfig(_Section):
         Path("extproc-journal"),
         description="Spill journal for records the database could not take (replayed later).",
     )
-    shutdown_timeout_seconds: float = Field(
-        10.0, ge=0, description="How long shutdown waits for the writer to drain."
+    retention_days: float | None = Field(
+        30, gt=0, description="Traces older than this are purged (hourly); null keeps them."
     )
 
     @model_validator(mode="after")
@@ -219,6 +219,14 @@ class StorageConfig(_Section):
         if self.auto_migrate is not None:
             return self.auto_migrate
         return self.profile != "production"
+
+
+class ShutdownConfig(_Section):
+    """Graceful shutdown (config guide name)."""
+
+    timeout_seconds: float = Field(
+        10.0, ge=0, description="How long shutdown waits for queued trace records to be written."
+    )
 
 
 class LoggingConfig(_Section):
@@ -239,6 +247,7 @@ class Config(_Section):
     output_safety: OutputSafetyConfig = Field(default_factory=OutputSafetyConfig)
     streaming_analysis: StreamingAnalysisConfig = Field(default_factory=StreamingAnalysisConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     envoy: EnvoyConfig = Field(default_factory=EnvoyConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)

@@ -88,7 +88,7 @@ class ServerHandle:
         await self.grpc_server.stop(grace)
         if self.storage is not None:
             # After the last stream, so every finished request is queued before the drain.
-            timeout = self.engine.config.storage.shutdown_timeout_seconds
+            timeout = self.engine.config.shutdown.timeout_seconds
             await asyncio.to_thread(self.storage.close, timeout)
         if self.admin is not None:
             self.admin.should_exit = True

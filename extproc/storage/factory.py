@@ -55,6 +55,9 @@ def open_storage(config: Config, metrics: Metrics, *, instance: str) -> Storage:
         queue_size=settings.queue_size,
         batch_size=settings.batch_size,
         flush_interval=settings.flush_interval_ms / 1000,
+        retention_seconds=(
+            None if settings.retention_days is None else settings.retention_days * 86400
+        ),
     )
     writer.start()
     return Storage(store, journal, writer)

@@ -167,6 +167,15 @@ class PostgresTraceStore:
         """Spans matching every given filter, newest first, paginated."""
         return self._call(self._with_connection(lambda conn: self._query(conn, query)))
 
+    def purge(self, before: float) -> int:
+        """Delete traces created before `before` (unix seconds); spans and findings cascade."""
+
+        async def run(conn: asyncpg.Connection) -> int:
+            status: str = await conn.execute("DELETE FROM traces WHERE created_at < $1", before)
+            return int(status.split()[-1])
+
+        return self._call(self._with_connection(run))
+
     def close(self) -> None:
         """Close the connection and stop the loop; later calls raise."""
         with self._lock:

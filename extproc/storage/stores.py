@@ -43,6 +43,10 @@ class TraceStore(Protocol):
         """Spans matching every given filter, newest first, paginated."""
         ...
 
+    def purge(self, before: float) -> int:
+        """Delete traces created before `before` (unix seconds); returns how many."""
+        ...
+
     def close(self) -> None:
         """Release the connection."""
         ...
@@ -87,6 +91,14 @@ class MemoryTraceStore:
             found = [s for s in self._spans.values() if _matches(s, query)]
         found.sort(key=lambda s: s.created_at, reverse=True)
         return found[query.offset : query.offset + query.limit]
+
+    def purge(self, before: float) -> int:
+        """Delete spans created before `before`."""
+        with self._lock:
+            old = [k for k, v in self._spans.items() if v.created_at < before]
+            for key in old:
+                del self._spans[key]
+        return len(old)
 
     def close(self) -> None:
         """Nothing to release."""
@@ -219,6 +231,12 @@ class SqliteTraceStore:
             )
         )
         return SpanRecord(**values, findings=findings)
+
+    def purge(self, before: float) -> int:
+        """Delete traces created before `before`; spans and findings cascade."""
+        with self._lock:
+            cursor = self._conn.execute("DELETE FROM traces WHERE created_at < ?", (before,))
+            return cursor.rowcount
 
     def close(self) -> None:
         """Close the connection."""

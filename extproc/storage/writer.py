@@ -38,6 +38,8 @@ class TraceWriter:
         batch_size: int = 200,
         flush_interval: float = 0.2,
         retry_interval: float = 1.0,
+        retention_seconds: float | None = None,
+        purge_interval: float = 3600.0,
     ) -> None:
         self.store = store
         self.journal = journal
@@ -51,6 +53,9 @@ class TraceWriter:
         self._thread = threading.Thread(target=self._run, name="extproc-trace-writer", daemon=True)
         self._retry_at = 0.0
         self._failing = False
+        self.retention_seconds = retention_seconds
+        self.purge_interval = purge_interval
+        self._purge_at = time.monotonic()  # first purge soon after start
 
     # -- the request path ------------------------------------------------------------------
     def submit(self, span: SpanRecord) -> None:
@@ -89,6 +94,7 @@ class TraceWriter:
             if overflow:
                 self._spill(overflow)
             self._replay_if_due()
+            self._purge_if_due()
             self.metrics.storage_queue_depth.set(self.depth)
             if self._stopping.is_set() and self._queue.empty() and not self._overflow:
                 self._replay_if_due(force=True)
@@ -174,6 +180,19 @@ class TraceWriter:
         if self._failing:
             log.warning("trace store reachable again; spill journal replayed")
             self._failing = False
+
+    def _purge_if_due(self) -> None:
+        if self.retention_seconds is None or time.monotonic() < self._purge_at:
+            return
+        self._purge_at = time.monotonic() + self.purge_interval
+        try:
+            removed = self.store.purge(time.time() - self.retention_seconds)
+        except Exception as exc:  # retried at the next interval; never stops the writer
+            log.warning("retention purge failed: %s", exc)
+            return
+        if removed:
+            log.info("retention purge removed %d traces", removed)
+            self._count("purged", removed)
 
     def _note_failure(self, exc: Exception) -> None:
         self._retry_at = time.monotonic() + self.retry_interval

@@ -257,3 +257,9 @@ def test_closed_store_refuses(dsn: str) -> None:
 
 def _fields(record: SpanRecord) -> dict[str, Any]:
     return {name: getattr(record, name) for name in SpanRecord.__dataclass_fields__}
+
+
+def test_purge(store: PostgresTraceStore) -> None:
+    store.write([span(n, findings=(EMAIL,)) for n in range(4)])
+    assert store.purge(1002.0) == 2
+    assert sorted(s.trace_id for s in store.query(SpanQuery())) == ["trace2", "trace3"]

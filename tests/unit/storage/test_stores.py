@@ -81,3 +81,11 @@ def test_migrations_apply_once(tmp_path: Path) -> None:
     assert migrate_sqlite(conn) == []
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"traces", "spans", "findings", "schema_migrations"} <= tables
+
+
+def test_purge_removes_only_old_traces(store: TraceStore) -> None:
+    store.write([span(n, findings=(EMAIL,)) for n in range(10)])
+    assert store.purge(1005.0) == 5
+    assert sorted(s.trace_id for s in store.query(SpanQuery())) == [
+        f"trace{n}" for n in range(5, 10)
+    ]

@@ -121,3 +121,12 @@ def test_records_spilled_before_a_crash_are_replayed_by_the_next_writer(tmp_path
     w2 = writer(fresh, tmp_path, Metrics())
     wait_for(lambda: len(stored(fresh)) == 20)
     assert w2.stop(5)
+
+
+def test_retention_purge_runs_in_the_writer(tmp_path: Path) -> None:
+    store, metrics = FlakyStore(), Metrics()
+    store.write([span(1), SpanRecord("new", "new", None, None, time.time(), "op", "allowed", 0)])
+    w = writer(store, tmp_path, metrics, retention_seconds=3600.0)
+    wait_for(lambda: stored(store) == ["new"])
+    assert outcome(metrics, "purged") == 1
+    assert w.stop(5)
