@@ -191,6 +191,12 @@ class StorageConfig(_Section):
         description="What prompt/response text is stored: as sent, with findings replaced by "
         "tags, or not at all.",
     )
+    redis_url: str | None = Field(
+        None,
+        description="redis://host:6379/0 for counters shared by all replicas (rate limits, "
+        "budgets); without it counters are per process.",
+    )
+    redis_key_prefix: str = Field("extproc:", description="Prefix of every Redis key.")
     auto_migrate: bool | None = Field(
         None,
         description="Apply pending schema migrations at start; default: yes, except in "

@@ -5,6 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from extproc.config import Config
+from extproc.storage.cache import (
+    CounterCache,
+    FallbackCounterCache,
+    LocalCounterCache,
+    RedisCounterCache,
+)
 from extproc.storage.journal import Journal
 from extproc.storage.stores import MemoryTraceStore, SqliteTraceStore, TraceStore
 from extproc.storage.writer import TraceWriter
@@ -61,3 +67,12 @@ def open_storage(config: Config, metrics: Metrics, *, instance: str) -> Storage:
     )
     writer.start()
     return Storage(store, journal, writer)
+
+
+def open_counter_cache(config: Config, metrics: Metrics) -> CounterCache:
+    """Redis with a local fallback when `storage.redis_url` is set, else local counters."""
+    settings = config.storage
+    if not settings.redis_url:
+        return LocalCounterCache()
+    primary = RedisCounterCache(settings.redis_url, prefix=settings.redis_key_prefix)
+    return FallbackCounterCache(primary, metrics)

@@ -120,6 +120,11 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.cache_fallbacks = Counter(
+            "extproc_cache_fallbacks",
+            "Times Redis failed and counters fell back to this process (degraded).",
+            registry=r,
+        )
         self.active_streams = Gauge(
             "extproc_active_streams",
             "ext_proc streams currently open.",
