@@ -246,6 +246,9 @@ class Config(_Section):
     """The whole extproc configuration."""
 
     enable_security_analysis: bool = True
+    enable_trace_storage: bool = Field(
+        True, description="Store a trace per checked request (see storage.*)."
+    )
     security_analysis_timeout_ms: int = Field(5000, ge=1)
     security_analysis: SecurityAnalysisConfig = Field(default_factory=SecurityAnalysisConfig)
     enforcement: EnforcementConfig = Field(default_factory=EnforcementConfig)

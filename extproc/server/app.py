@@ -111,8 +111,10 @@ async def start_servers(
     bound = server.add_insecure_port(f"{config.server.grpc_host}:{port}")
     if bound == 0:
         raise OSError(f"cannot listen on {config.server.grpc_host}:{port} for gRPC")
-    storage = open_storage(engine.config, engine.metrics, instance=f"port-{bound}")
-    engine.writer = storage.writer
+    storage = None
+    if engine.config.enable_trace_storage:
+        storage = open_storage(engine.config, engine.metrics, instance=f"port-{bound}")
+        engine.writer = storage.writer
     await server.start()
     handle = ServerHandle(engine, server, bound, storage=storage)
     if admin:
