@@ -125,6 +125,8 @@ def _ext_proc_filter(config: Config) -> dict[str, Any]:
                 "timeout": _seconds(config.envoy_message_timeout_ms),
             },
             "failure_mode_allow": config.server.failure_mode == "open",
+            # The peer address comes from Envoy, not from a header a client could forge.
+            "request_attributes": ["source.address"],
             "allow_mode_override": True,
             "message_timeout": _seconds(config.envoy_message_timeout_ms),
             "processing_mode": {

@@ -101,6 +101,7 @@ class StreamState:
     response_finding_types: list[str] = field(default_factory=list)
     placeholders: Placeholders | None = None  # reversible redaction table, this request only
     stream_findings: list[Finding] = field(default_factory=list)
+    source_ip: str | None = None  # Envoy's `source.address` attribute, port removed
     finished: bool = False  # the stream was ended by us (early stop); nothing more to do
 
     @property
@@ -174,7 +175,12 @@ class RequestProcessor:
         check_response = engine.response_checks and st.dialect is not None
         if st.scan_request:
             st.record = RequestRecord(
-                st.trace_id, st.tenant_id, st.agent_id, time.time(), dialect=st.dialect_label
+                st.trace_id,
+                st.tenant_id,
+                st.agent_id,
+                time.time(),
+                dialect=st.dialect_label,
+                source_ip=st.source_ip,
             )
         else:
             engine.metrics.inc(engine.metrics.requests, "unscanned", st.dialect_label)
@@ -570,6 +576,18 @@ def _stored(
     return out
 
 
+def source_ip(request: pb.ProcessingRequest) -> str | None:
+    """The client address Envoy reports (`request_attributes: [source.address]`), no port."""
+    attributes = request.attributes.get("envoy.filters.http.ext_proc")
+    if attributes is None or "source.address" not in attributes.fields:
+        return None
+    address = attributes.fields["source.address"].string_value
+    if address.startswith("["):  # [::1]:port
+        return address[1 : address.find("]")] or None
+    host, sep, port = address.rpartition(":")
+    return (host if sep and port.isdigit() else address) or None
+
+
 def _verdict_of(st: StreamState, response: Decision | None = None) -> str:
     """The record's decision: the strongest of what happened to the request and response."""
     order = [v.value for v in Verdict]
@@ -636,6 +654,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 if handler is None:
                     continue  # trailers etc. are not requested by our filter config
                 started = time.perf_counter()
+                if phase == "request_headers":
+                    processor.state.source_ip = source_ip(request)
                 try:
                     response = await handler(getattr(request, phase))
                 except Rejection as exc:

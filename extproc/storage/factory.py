@@ -12,6 +12,7 @@ from extproc.storage.cache import (
     RedisCounterCache,
 )
 from extproc.storage.journal import Journal
+from extproc.storage.metadata import MemoryMetadataStore, MetadataStore, SqliteMetadataStore
 from extproc.storage.stores import MemoryTraceStore, SqliteTraceStore, TraceStore
 from extproc.storage.writer import TraceWriter
 from extproc.telemetry.metrics import Metrics
@@ -76,3 +77,16 @@ def open_counter_cache(config: Config, metrics: Metrics) -> CounterCache:
         return LocalCounterCache()
     primary = RedisCounterCache(settings.redis_url, prefix=settings.redis_key_prefix)
     return FallbackCounterCache(primary, metrics)
+
+
+def open_metadata(config: Config) -> MetadataStore:
+    """The metadata store of `storage.profile` (same database as the traces)."""
+    settings = config.storage
+    if settings.profile == "memory":
+        return MemoryMetadataStore()
+    if settings.profile == "production":
+        from extproc.storage.postgres import PostgresMetadataStore
+
+        assert settings.postgres_url is not None
+        return PostgresMetadataStore(settings.postgres_url, migrate=settings.migrate_at_start)
+    return SqliteMetadataStore(settings.database_path, migrate=settings.migrate_at_start)

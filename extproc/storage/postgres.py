@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
+import orjson
 
 from extproc.storage.migrations import migration_files
 from extproc.storage.model import SpanRecord, StoredFinding
@@ -349,3 +351,64 @@ class PostgresTraceStore:
             values = dict(row)
             spans.append(SpanRecord(**values, findings=tuple(found.get(row["span_id"], ()))))
         return spans
+
+
+class PostgresMetadataStore(PostgresTraceStore):
+    """Metadata documents in PostgreSQL, on the same connection handling as the trace store."""
+
+    def put(
+        self, kind: str, id: str, document: dict[str, Any], tenant_id: str | None = None
+    ) -> None:
+        """Insert or replace."""
+        data = orjson.dumps(document).decode()
+
+        async def run(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO metadata VALUES ($1, $2, $3, $4::jsonb, $5) ON CONFLICT (kind, id) "
+                "DO UPDATE SET tenant_id = EXCLUDED.tenant_id, document = EXCLUDED.document, "
+                "updated_at = EXCLUDED.updated_at",
+                kind,
+                id,
+                tenant_id,
+                data,
+                time.time(),
+            )
+
+        self._call(self._with_connection(run))
+
+    def get(self, kind: str, id: str) -> dict[str, Any] | None:
+        """The document, or None."""
+
+        async def run(conn: asyncpg.Connection) -> Any:
+            return await conn.fetchval(
+                "SELECT document::text FROM metadata WHERE kind = $1 AND id = $2", kind, id
+            )
+
+        found = self._call(self._with_connection(run))
+        return orjson.loads(found) if found is not None else None
+
+    def list(self, kind: str, tenant_id: str | None = None) -> list[dict[str, Any]]:
+        """Newest first."""
+
+        async def run(conn: asyncpg.Connection) -> list[Any]:
+            return list(
+                await conn.fetch(
+                    "SELECT document::text FROM metadata WHERE kind = $1 "
+                    "AND ($2::text IS NULL OR tenant_id = $2) ORDER BY updated_at DESC",
+                    kind,
+                    tenant_id,
+                )
+            )
+
+        return [orjson.loads(row[0]) for row in self._call(self._with_connection(run))]
+
+    def delete(self, kind: str, id: str) -> bool:
+        """Remove; True if it existed."""
+
+        async def run(conn: asyncpg.Connection) -> str:
+            status: str = await conn.execute(
+                "DELETE FROM metadata WHERE kind = $1 AND id = $2", kind, id
+            )
+            return status
+
+        return self._call(self._with_connection(run)).endswith(" 1")

@@ -28,6 +28,7 @@ class RequestRecord:
     usage_source: str = "none"  # "usage" (from the provider), "estimate", or "partial" (mixed)
     ttft_ms: float | None = None  # first model text seen in a streamed response
     latency_ms: float | None = None  # request headers to the end of the response
+    source_ip: str | None = None
     findings: list[StoredFinding] = field(default_factory=list)
     prompt: str | None = None  # as `storage.capture_content` allows
     response: str | None = None
@@ -54,6 +55,7 @@ class RequestRecord:
             usage_source=self.usage_source,
             ttft_ms=self.ttft_ms,
             latency_ms=self.latency_ms,
+            source_ip=self.source_ip,
             findings=findings,
         )
 

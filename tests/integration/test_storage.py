@@ -53,6 +53,7 @@ def test_requests_become_stored_traces(tmp_path: Path) -> None:
         assert stored.response == "output: mail me at [PII:EMAIL]"
         assert {f.location.split(":")[0] for f in stored.findings} == {"request", "response"}
         assert stored.prompt_tokens and stored.completion_tokens
+        assert stored.source_ip == "127.0.0.1"  # from Envoy, not from a header
         (refused,) = reader.query(SpanQuery(decision="blocked"))
         assert refused.trace_id == blocked.headers["x-llmtrace-trace-id"]
         assert refused.status_code == 403 and refused.security_score >= 60
@@ -66,6 +67,6 @@ def test_migrate_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     database = tmp_path / "m.db"
     args = ["migrate", "--set", f"storage.database_path={database}"]
     assert main(args) == 0
-    assert "applied 001_traces.sql" in capsys.readouterr().out
+    assert "applied 001_traces.sql, 002_metadata.sql" in capsys.readouterr().out
     assert main(args) == 0
     assert "up to date" in capsys.readouterr().out

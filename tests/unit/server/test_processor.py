@@ -226,3 +226,20 @@ async def test_streaming_off_leaves_sse_alone() -> None:
     )
     mode = answers[-1].mode_override
     assert mode.response_body_mode == mode.NONE
+
+
+@pytest.mark.parametrize(
+    ("address", "ip"),
+    [("127.0.0.1:5123", "127.0.0.1"), ("[::1]:443", "::1"), ("10.1.2.3", "10.1.2.3"), ("", None)],
+)
+def test_source_ip_from_envoy_attributes(address: str, ip: str | None) -> None:
+    from google.protobuf import struct_pb2
+
+    from extproc.server.processor import source_ip
+
+    request = pb.ProcessingRequest()
+    attrs = struct_pb2.Struct()
+    attrs.update({"source.address": address})
+    request.attributes["envoy.filters.http.ext_proc"].CopyFrom(attrs)
+    assert source_ip(request) == ip
+    assert source_ip(pb.ProcessingRequest()) is None

@@ -21,6 +21,7 @@ from extproc.storage.stores import SpanQuery
 from tests.unit.storage.test_stores import EMAIL, INJECTION, span
 
 # CI starts a server here; point elsewhere with EXTPROC_TEST_POSTGRES.
+ALL_MIGRATIONS = ["001_traces.sql", "002_metadata.sql"]
 SERVER = os.environ.get("EXTPROC_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 
 
@@ -133,7 +134,7 @@ def test_migrations_apply_once(new_database: Callable[[], str]) -> None:
     first.close()
     again = PostgresTraceStore(fresh)
     again.close()
-    assert (first.applied, again.applied) == (["001_traces.sql"], [])
+    assert (first.applied, again.applied) == (ALL_MIGRATIONS, [])
     tables = {
         r[0] for r in sql(fresh, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
     }
@@ -151,8 +152,8 @@ def test_concurrent_migrations_apply_once(new_database: Callable[[], str]) -> No
             for c in conns:
                 await c.close()
 
-    assert sorted(asyncio.run(both())) == [[], ["001_traces.sql"]]
-    assert count(fresh, "schema_migrations") == 1
+    assert sorted(asyncio.run(both())) == [[], ALL_MIGRATIONS]
+    assert count(fresh, "schema_migrations") == len(ALL_MIGRATIONS)
 
 
 def test_reconnects_after_the_backend_is_killed(store: PostgresTraceStore, dsn: str) -> None:

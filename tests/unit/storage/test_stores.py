@@ -77,7 +77,7 @@ def test_filters_and_pagination(store: TraceStore) -> None:
 
 def test_migrations_apply_once(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
-    assert migrate_sqlite(conn) == ["001_traces.sql"]
+    assert migrate_sqlite(conn) == ["001_traces.sql", "002_metadata.sql"]
     assert migrate_sqlite(conn) == []
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"traces", "spans", "findings", "schema_migrations"} <= tables

@@ -1,0 +1,10 @@
+-- Metadata documents (tenants, API keys, reports, audit events): JSON by kind and id.
+CREATE TABLE IF NOT EXISTS metadata (
+    kind        TEXT NOT NULL,
+    id          TEXT NOT NULL,
+    tenant_id   TEXT,
+    document    JSONB NOT NULL,
+    updated_at  DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+CREATE INDEX IF NOT EXISTS metadata_tenant ON metadata (kind, tenant_id);
