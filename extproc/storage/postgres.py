@@ -20,7 +20,7 @@ import orjson
 
 from extproc.storage.migrations import migration_files
 from extproc.storage.model import SpanRecord, StoredFinding
-from extproc.storage.stores import _SPAN_COLUMNS, SpanQuery
+from extproc.storage.stores import _SPAN_COLUMNS, SpanQuery, finding_rows, span_rows
 
 log = logging.getLogger("extproc.storage")
 
@@ -270,21 +270,7 @@ class PostgresTraceStore:
                 s.trace_id: (s.trace_id, s.tenant_id, s.agent_id, s.created_at) for s in spans
             }.values()
         )
-        findings = [
-            (
-                s.span_id,
-                i,
-                f.type,
-                f.category,
-                f.severity,
-                f.confidence,
-                f.location,
-                f.rule_id,
-                f.detector,
-            )
-            for s in spans
-            for i, f in enumerate(s.findings)
-        ]
+        findings = finding_rows(spans)
         async with conn.transaction():
             await conn.copy_records_to_table(
                 "staged_traces", records=traces, columns=_TRACE_COLUMNS
@@ -292,7 +278,7 @@ class PostgresTraceStore:
             await conn.execute(_MERGE_TRACES)
             await conn.copy_records_to_table(
                 "staged_spans",
-                records=[tuple(getattr(s, c) for c in _SPAN_COLUMNS) for s in spans],
+                records=span_rows(spans),
                 columns=_SPAN_COLUMNS,
             )
             await conn.execute(_MERGE_SPANS)

@@ -127,6 +127,30 @@ _SPAN_COLUMNS = (
 )
 
 
+def span_rows(spans: Sequence[SpanRecord]) -> list[tuple[Any, ...]]:
+    """Span column values in `_SPAN_COLUMNS` order, for either database."""
+    return [tuple(getattr(s, c) for c in _SPAN_COLUMNS) for s in spans]
+
+
+def finding_rows(spans: Sequence[SpanRecord]) -> list[tuple[Any, ...]]:
+    """(span_id, idx, type, category, severity, confidence, location, rule_id, detector)."""
+    return [
+        (
+            s.span_id,
+            i,
+            f.type,
+            f.category,
+            f.severity,
+            f.confidence,
+            f.location,
+            f.rule_id,
+            f.detector,
+        )
+        for s in spans
+        for i, f in enumerate(s.findings)
+    ]
+
+
 class SqliteTraceStore:
     """The `lite` profile: one SQLite file (WAL mode), migrated on open if asked."""
 
@@ -157,28 +181,14 @@ class SqliteTraceStore:
                 )
                 conn.executemany(
                     f"INSERT OR REPLACE INTO spans ({','.join(_SPAN_COLUMNS)}) VALUES ({marks})",
-                    [tuple(getattr(s, c) for c in _SPAN_COLUMNS) for s in spans],
+                    span_rows(spans),
                 )
                 conn.executemany(
                     "DELETE FROM findings WHERE span_id = ?", [(s.span_id,) for s in spans]
                 )
                 conn.executemany(
                     "INSERT INTO findings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            s.span_id,
-                            i,
-                            f.type,
-                            f.category,
-                            f.severity,
-                            f.confidence,
-                            f.location,
-                            f.rule_id,
-                            f.detector,
-                        )
-                        for s in spans
-                        for i, f in enumerate(s.findings)
-                    ],
+                    finding_rows(spans),
                 )
                 conn.execute("COMMIT")
             except BaseException:
