@@ -20,7 +20,13 @@ import orjson
 
 from extproc.storage.migrations import migration_files
 from extproc.storage.model import SpanRecord, StoredFinding
-from extproc.storage.stores import _SPAN_COLUMNS, SpanQuery, finding_rows, span_rows
+from extproc.storage.stores import (
+    _SPAN_COLUMNS,
+    SpanQuery,
+    finding_rows,
+    span_rows,
+    span_select,
+)
 
 log = logging.getLogger("extproc.storage")
 
@@ -292,35 +298,7 @@ class PostgresTraceStore:
                 )
 
     async def _query(self, conn: asyncpg.Connection, query: SpanQuery) -> list[SpanRecord]:
-        where: list[str] = []
-        args: list[Any] = []
-
-        def arg(value: Any) -> str:
-            args.append(value)
-            return f"${len(args)}"
-
-        for column, op, value in (
-            ("s.tenant_id", "=", query.tenant_id),
-            ("s.trace_id", "=", query.trace_id),
-            ("s.created_at", ">=", query.since),
-            ("s.created_at", "<", query.until),
-            ("s.decision", "=", query.decision),
-        ):
-            if value is not None:
-                where.append(f"{column} {op} {arg(value)}")
-        if query.finding_type is not None or query.min_severity is not None:
-            sub = ["f.span_id = s.span_id"]
-            if query.finding_type is not None:
-                sub.append(f"f.type = {arg(query.finding_type)}")
-            if query.min_severity is not None:
-                sub.append(f"f.severity >= {arg(query.min_severity)}")
-            where.append(f"EXISTS (SELECT 1 FROM findings f WHERE {' AND '.join(sub)})")
-        sql = (
-            f"SELECT s.{', s.'.join(_SPAN_COLUMNS)}, t.agent_id FROM spans s "
-            "JOIN traces t ON t.trace_id = s.trace_id"
-            + (f" WHERE {' AND '.join(where)}" if where else "")
-            + f" ORDER BY s.created_at DESC LIMIT {arg(query.limit)} OFFSET {arg(query.offset)}"
-        )
+        sql, args = span_select(query, lambda n: f"${n}")
         rows = await conn.fetch(sql, *args)
         if not rows:
             return []

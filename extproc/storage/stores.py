@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -151,6 +151,44 @@ def finding_rows(spans: Sequence[SpanRecord]) -> list[tuple[Any, ...]]:
     ]
 
 
+def span_select(query: SpanQuery, placeholder: Callable[[int], str]) -> tuple[str, list[Any]]:
+    """The SELECT for a SpanQuery and its arguments; `placeholder(n)` spells argument n (1-based).
+
+    Shared by SQLite (`?`) and PostgreSQL (`$n`): both return spans joined with their trace's
+    agent id, newest first.
+    """
+    where: list[str] = []
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return placeholder(len(args))
+
+    for column, op, value in (
+        ("s.tenant_id", "=", query.tenant_id),
+        ("s.trace_id", "=", query.trace_id),
+        ("s.created_at", ">=", query.since),
+        ("s.created_at", "<", query.until),
+        ("s.decision", "=", query.decision),
+    ):
+        if value is not None:
+            where.append(f"{column} {op} {arg(value)}")
+    if query.finding_type is not None or query.min_severity is not None:
+        sub = ["f.span_id = s.span_id"]
+        if query.finding_type is not None:
+            sub.append(f"f.type = {arg(query.finding_type)}")
+        if query.min_severity is not None:
+            sub.append(f"f.severity >= {arg(query.min_severity)}")
+        where.append(f"EXISTS (SELECT 1 FROM findings f WHERE {' AND '.join(sub)})")
+    sql = (
+        f"SELECT s.{', s.'.join(_SPAN_COLUMNS)}, t.agent_id FROM spans s "
+        "JOIN traces t ON t.trace_id = s.trace_id"
+        + (f" WHERE {' AND '.join(where)}" if where else "")
+        + f" ORDER BY s.created_at DESC LIMIT {arg(query.limit)} OFFSET {arg(query.offset)}"
+    )
+    return sql, args
+
+
 class SqliteTraceStore:
     """The `lite` profile: one SQLite file (WAL mode), migrated on open if asked."""
 
@@ -197,33 +235,7 @@ class SqliteTraceStore:
 
     def query(self, query: SpanQuery) -> list[SpanRecord]:
         """Filter in SQL, newest first, paginate."""
-        where, args = [], []
-        for column, op, value in (
-            ("s.tenant_id", "=", query.tenant_id),
-            ("s.trace_id", "=", query.trace_id),
-            ("s.created_at", ">=", query.since),
-            ("s.created_at", "<", query.until),
-            ("s.decision", "=", query.decision),
-        ):
-            if value is not None:
-                where.append(f"{column} {op} ?")
-                args.append(value)
-        if query.finding_type is not None or query.min_severity is not None:
-            sub = ["f.span_id = s.span_id"]
-            if query.finding_type is not None:
-                sub.append("f.type = ?")
-                args.append(query.finding_type)
-            if query.min_severity is not None:
-                sub.append("f.severity >= ?")
-                args.append(query.min_severity)
-            where.append(f"EXISTS (SELECT 1 FROM findings f WHERE {' AND '.join(sub)})")
-        sql = (
-            f"SELECT s.{', s.'.join(_SPAN_COLUMNS)}, t.agent_id FROM spans s "
-            "JOIN traces t ON t.trace_id = s.trace_id"
-            + (f" WHERE {' AND '.join(where)}" if where else "")
-            + " ORDER BY s.created_at DESC LIMIT ? OFFSET ?"
-        )
-        args += [query.limit, query.offset]
+        sql, args = span_select(query, lambda n: "?")
         with self._lock:
             rows = self._conn.execute(sql, args).fetchall()
             spans = [self._span(row) for row in rows]

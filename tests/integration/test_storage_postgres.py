@@ -11,7 +11,7 @@ import pytest
 
 from tests.integration.harness import running_stack, wait_until
 from tests.integration.tcp_proxy import CuttableProxy
-from tests.unit.storage.test_postgres import new_database, sql  # noqa: F401 - fixture
+from tests.unit.storage.pg import new_database, sql  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from extproc.storage.metadata import MemoryMetadataStore, MetadataStore, SqliteMetadataStore
-from tests.unit.storage.test_postgres import new_database  # noqa: F401 - fixture
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,47 +16,11 @@ import pytest
 from extproc.storage.model import SpanRecord
 from extproc.storage.postgres import PostgresTraceStore, migrate_postgres
 from extproc.storage.stores import SpanQuery
+from tests.unit.storage.pg import ALL_MIGRATIONS, sql
 from tests.unit.storage.test_stores import EMAIL, INJECTION, span
 
+
 # CI starts a server here; point elsewhere with EXTPROC_TEST_POSTGRES.
-ALL_MIGRATIONS = ["001_traces.sql", "002_metadata.sql"]
-SERVER = os.environ.get("EXTPROC_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
-
-
-def sql(dsn: str, statement: str, *args: Any) -> list[asyncpg.Record]:
-    """Run one statement on a short-lived connection of its own."""
-
-    async def run() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(dsn, timeout=3)
-        try:
-            return list(await conn.fetch(statement, *args))
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
-
-
-@pytest.fixture(scope="session")
-def new_database() -> Iterator[Callable[[], str]]:
-    """Creates empty databases on demand; drops them all at the end of the session."""
-    admin = f"{SERVER}/postgres"
-    try:
-        sql(admin, "SELECT 1")
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"PostgreSQL is not reachable at {SERVER}: {exc}")
-    created: list[str] = []
-
-    def create() -> str:
-        name = f"extproc_test_{uuid.uuid4().hex[:12]}"
-        sql(admin, f'CREATE DATABASE "{name}"')
-        created.append(name)
-        return f"{SERVER}/{name}"
-
-    yield create
-    for name in created:
-        sql(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(scope="session")
 def dsn(new_database: Callable[[], str]) -> str:
     return new_database()
@@ -100,22 +62,6 @@ def test_a_span_twice_in_one_batch_keeps_the_last(store: PostgresTraceStore) -> 
     last = SpanRecord(**{**_fields(first), "decision": "blocked", "findings": (INJECTION,)})
     store.write([first, span(2), last])
     assert store.query(SpanQuery(trace_id="trace1")) == [last]
-
-
-def test_filters_and_pagination(store: PostgresTraceStore) -> None:
-    store.write([span(n, tenant="t1" if n % 2 else "t2") for n in range(10)])
-    store.write([span(20, decision="blocked", findings=(INJECTION,)), span(21, findings=(EMAIL,))])
-    t1 = store.query(SpanQuery(tenant_id="t1", limit=3))
-    assert [s.trace_id for s in t1] == ["trace21", "trace20", "trace9"]
-    page2 = store.query(SpanQuery(tenant_id="t1", limit=3, offset=3))
-    assert [s.trace_id for s in page2] == ["trace7", "trace5", "trace3"]
-    assert [s.trace_id for s in store.query(SpanQuery(decision="blocked"))] == ["trace20"]
-    assert [s.trace_id for s in store.query(SpanQuery(finding_type="email"))] == ["trace21"]
-    assert [s.trace_id for s in store.query(SpanQuery(min_severity=3))] == ["trace20"]
-    both = SpanQuery(finding_type="email", min_severity=3)
-    assert store.query(both) == []
-    window = store.query(SpanQuery(since=1002, until=1005))
-    assert [s.trace_id for s in window] == ["trace4", "trace3", "trace2"]
 
 
 def test_a_batch_of_two_hundred(store: PostgresTraceStore, dsn: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,11 +47,20 @@ def span(
     )
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> TraceStore:
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TraceStore]:
+    """Every backend, so each one is held to the same assertions."""
     if request.param == "memory":
-        return MemoryTraceStore()
-    return SqliteTraceStore(tmp_path / "t.db")
+        yield MemoryTraceStore()
+        return
+    if request.param == "sqlite":
+        opened: TraceStore = SqliteTraceStore(tmp_path / "t.db")
+    else:
+        from extproc.storage.postgres import PostgresTraceStore
+
+        opened = PostgresTraceStore(request.getfixturevalue("new_database")())
+    yield opened
+    opened.close()
 
 
 def test_round_trip_and_idempotent_upsert(store: TraceStore) -> None:
@@ -71,6 +81,7 @@ def test_filters_and_pagination(store: TraceStore) -> None:
     assert [s.trace_id for s in store.query(SpanQuery(decision="blocked"))] == ["trace20"]
     assert [s.trace_id for s in store.query(SpanQuery(finding_type="email"))] == ["trace21"]
     assert [s.trace_id for s in store.query(SpanQuery(min_severity=3))] == ["trace20"]
+    assert store.query(SpanQuery(finding_type="email", min_severity=3)) == []
     window = store.query(SpanQuery(since=1002, until=1005))
     assert [s.trace_id for s in window] == ["trace4", "trace3", "trace2"]
 
