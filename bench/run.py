@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from extproc.config import Config, dump_config, load_config, parse_scalar
+from extproc.config import Config, dump_config, load_config, parse_settings
 from extproc.envoy_config import render
 from extproc.stack import envoy_binary
 
@@ -334,9 +334,7 @@ def _bench(work: Path, conns: list[int], args: argparse.Namespace) -> tuple[list
         "storage.database_path": str(work / "traces.db"),
         "storage.journal_dir": str(work / "journal"),
     }
-    for item in args.sets:
-        path, _, value = item.partition("=")
-        settings[path] = parse_scalar(value)
+    settings.update(parse_settings(args.sets))
     config: Config = load_config(environ={}, overrides=settings.items())
     noop_port = free_port()
     noop_cfg = config.model_copy(

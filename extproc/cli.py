@@ -18,7 +18,7 @@ from extproc.config import (
     dump_config,
     load_config,
     mask_url,
-    parse_scalar,
+    parse_settings,
 )
 from extproc.detect.errors import RulePackError
 
@@ -63,12 +63,7 @@ def _add_config_args(parser: argparse.ArgumentParser, *flags: str) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:
-    out: list[tuple[str, Any]] = []
-    for item in args.sets:
-        path, sep, value = item.partition("=")
-        if not sep or not path.strip():
-            raise ConfigError([f"--set {item!r}: expected PATH=VALUE"])
-        out.append((path.strip(), parse_scalar(value)))
+    out = parse_settings(args.sets)
     for flag, path in _FLAG_PATHS.items():
         value = getattr(args, flag, None)
         if value is not None:

@@ -311,6 +311,17 @@ def parse_scalar(text: str) -> Any:
         return text
 
 
+def parse_settings(items: Iterable[str]) -> list[tuple[str, Any]]:
+    """`PATH=VALUE` strings (as given to `--set`) as (path, value) overrides."""
+    out: list[tuple[str, Any]] = []
+    for item in items:
+        path, sep, value = item.partition("=")
+        if not sep or not path.strip():
+            raise ConfigError([f"--set {item!r}: expected PATH=VALUE"])
+        out.append((path.strip(), parse_scalar(value)))
+    return out
+
+
 def _read_yaml(path: Path, problems: list[str]) -> dict[str, Any]:
     try:
         raw = path.read_text(encoding="utf-8")

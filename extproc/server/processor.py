@@ -90,7 +90,6 @@ class StreamState:
     dialect: Dialect | None = None
     scan_request: bool = False
     request_decision: Decision | None = None
-    response_json: bool = False
     relay: SseRelay | None = None  # set when the response is streamed and checked
     record: RequestRecord | None = None  # what will be stored for this request
     clock: float = field(default_factory=time.perf_counter)
@@ -358,8 +357,8 @@ class RequestProcessor:
                     request_body=Mode.NONE, response_body=Mode.FULL_DUPLEX_STREAMED
                 )
                 return messages.response_headers_response(None, (), mode)
-        st.response_json = any(t in content_type for t in _JSON_TYPES)
-        if st.response_json and not compressed and engine.output_enabled:
+        is_json = any(t in content_type for t in _JSON_TYPES)
+        if is_json and not compressed and engine.output_enabled:
             return messages.response_headers_response(None, (), None)  # filter default: BUFFERED
         if engine.response_checks:
             if compressed:
