@@ -21,6 +21,7 @@ from extproc.config import (
     parse_settings,
 )
 from extproc.detect.errors import RulePackError
+from extproc.models.manifest import ModelError
 
 # CLI flags that are shortcuts for config paths; `--set PATH=VALUE` reaches the rest.
 _FLAG_PATHS = {
@@ -155,6 +156,18 @@ def _cmd_envoy_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    from extproc.models.install import main as models_main
+
+    return models_main(args.rest)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from extproc.evaluation import main as eval_main
+
+    return eval_main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="extproc", description="LLM security for Envoy.")
@@ -189,6 +202,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     render.add_argument("--output", "-o", type=Path, help="write to a file instead of stdout")
     render.set_defaults(func=_cmd_envoy_render)
+
+    # These parse their own arguments (`extproc models --help`, `extproc eval --help`).
+    models = sub.add_parser(
+        "models", help="install (download, convert, verify) or list the ONNX models", add_help=False
+    )
+    models.add_argument("rest", nargs=argparse.REMAINDER)
+    models.set_defaults(func=_cmd_models)
+    evaluate = sub.add_parser(
+        "eval",
+        help="detection rate and false positives of regex, models and ensemble",
+        add_help=False,
+    )
+    evaluate.add_argument("rest", nargs=argparse.REMAINDER)
+    evaluate.set_defaults(func=_cmd_eval)
     return parser
 
 
@@ -205,6 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except RulePackError as exc:
         print(f"extproc: invalid rule pack: {exc}", file=sys.stderr)
+        return 1
+    except ModelError as exc:
+        print(f"extproc: model: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"extproc: {exc}", file=sys.stderr)

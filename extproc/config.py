@@ -92,8 +92,12 @@ class EnvoyConfig(_Section):
         return value
 
 
+OperatingPoint = Literal["high_recall", "balanced", "high_precision"]
+DEFAULT_MODELS_DIR = Path("~/.cache/extproc/models")
+
+
 class SecurityAnalysisConfig(_Section):
-    """Detector settings (ML keys arrive with the ML ensemble)."""
+    """Detector settings: the regex tier and the ONNX model ensemble (seed names)."""
 
     rule_files: list[Path] = Field(
         default_factory=list,
@@ -102,6 +106,77 @@ class SecurityAnalysisConfig(_Section):
     scan_unknown_paths: bool = Field(
         False,
         description="Scan the raw body of requests to paths no dialect knows (else pass through).",
+    )
+    ml_enabled: bool = Field(
+        True,
+        description="Run the ONNX models beside the regex tier. Models that are not installed "
+        "(`extproc models install`) or fail to load leave regex-only analysis, with a warning, "
+        "a metric and /health saying so.",
+    )
+    ml_preload: bool = Field(
+        True, description="Load models at startup. false: regex-only (models never load lazily)."
+    )
+    ml_cache_dir: Path = Field(
+        DEFAULT_MODELS_DIR, description="Where `extproc models install` put the model directories."
+    )
+    ml_model: str = Field(
+        "nanoguard",
+        description="Prompt-injection sequence classifier: a model name under ml_cache_dir, or a "
+        "path to any directory with model.onnx + tokenizer.json (+ config.json labels), such as "
+        "a Hugging Face ONNX export.",
+    )
+    ml_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="Injection score that counts; null: operating point's."
+    )
+    jailbreak_enabled: bool = Field(
+        True, description="Semantic similarity to a bank of known jailbreaks (MiniLM)."
+    )
+    jailbreak_model: str = Field("minilm-attack-bank", description="As ml_model.")
+    jailbreak_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="Cosine similarity that counts; null: operating point's."
+    )
+    ner_enabled: bool = Field(
+        True, description="Token-classification NER for names and addresses regex cannot see."
+    )
+    ner_model: str = Field("rampart", description="As ml_model (a token classifier).")
+    ner_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="Entity score that counts; null: operating point's."
+    )
+    toxicity_enabled: bool = Field(True, description="Toxicity classifier on responses.")
+    toxicity_model: str = Field("toxicity", description="As ml_model.")
+    toxicity_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="Label score that counts; null: operating point's."
+    )
+    operating_point: OperatingPoint = Field(
+        "balanced",
+        description="Default thresholds of every model: high_recall catches more and flags more "
+        "honest text; high_precision the reverse. See docs/detection.md for the measured trade.",
+    )
+    ml_timing: Literal["inline", "async"] = Field(
+        "inline",
+        description="inline: wait up to ml_budget_ms for the models, then decide with whatever "
+        "has arrived (a late model result is still recorded as a finding). async: decide on "
+        "regex alone at once; model findings are recorded when they arrive.",
+    )
+    ml_budget_ms: int = Field(
+        250, ge=1, description="Longest a request waits for the models (inline timing)."
+    )
+    ml_max_batch: int = Field(16, ge=1, le=256, description="Windows per model call.")
+    ml_max_wait_us: int = Field(
+        500, ge=0, le=100_000, description="How long a lone request waits for others to batch with."
+    )
+    ml_threads: int = Field(
+        0, ge=0, le=256, description="onnxruntime intra-op threads per model; 0: one per core."
+    )
+    ml_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="auto: CUDA when onnxruntime-gpu provides it, else CPU. cuda: fail to load "
+        "rather than run on the CPU.",
+    )
+    ml_skip_when_regex_blocks: bool = Field(
+        True,
+        description="Skip the models for a request the regex tier already blocks (the verdict "
+        "cannot change; saves their time under attack).",
     )
 
 
@@ -260,6 +335,17 @@ class Config(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     envoy: EnvoyConfig = Field(default_factory=EnvoyConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _ml_budget_fits(self) -> Config:
+        # Past security_analysis_timeout_ms the whole message fails; the models must give up first.
+        budget = self.security_analysis.ml_budget_ms
+        if budget >= self.security_analysis_timeout_ms:
+            raise ValueError(
+                f"security_analysis.ml_budget_ms ({budget}) must be below "
+                f"security_analysis_timeout_ms ({self.security_analysis_timeout_ms})"
+            )
+        return self
 
     @property
     def envoy_message_timeout_ms(self) -> int:

@@ -16,7 +16,7 @@ HealthFn = Callable[[], dict[str, Any]]
 
 
 def create_admin_app(health: HealthFn, metrics: Metrics) -> FastAPI:
-    """Build the admin API: `/health` (503 when not ready) and `/metrics`."""
+    """Build the admin API: `/health` (503 when down, 200 when ok or degraded) and `/metrics`."""
     app = FastAPI(
         title="extproc admin API", version=__version__, openapi_url="/api-doc/openapi.json"
     )
@@ -24,7 +24,7 @@ def create_admin_app(health: HealthFn, metrics: Metrics) -> FastAPI:
     @app.get("/health")
     async def get_health() -> JSONResponse:
         report = health()
-        status = 200 if report["status"] == "ok" else 503
+        status = 503 if report["status"] == "down" else 200
         return JSONResponse(report, status_code=status)
 
     @app.get("/metrics")

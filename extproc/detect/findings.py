@@ -44,6 +44,7 @@ class Category(StrEnum):
     AGENT_ACTION = "agent_action"
     SECRET = "secret"
     PII = "pii"
+    TOXICITY = "toxicity"
 
 
 class Role(StrEnum):
@@ -71,6 +72,11 @@ class Finding:
     rule_id: str
     detector: str = "regex"
     segment: int | None = None  # index of the Segment the text came from, set by the caller
+
+    @property
+    def agreement(self) -> int:
+        """How many detectors reported this finding (`ensemble_agreement`): regex+ml:x is 2."""
+        return self.detector.count("+") + 1
 
     @property
     def redaction_tag(self) -> str:

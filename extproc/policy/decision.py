@@ -111,6 +111,10 @@ def output_redaction_enabled(config: Config) -> bool:
     return _redacts_pii(config) or config.output_safety.redact_secrets
 
 
+# What a model says is worth a header even below the blocking thresholds.
+_ALWAYS_FLAGGED_IN_OUTPUT = (Category.PII, Category.SECRET, Category.TOXICITY)
+
+
 def decide_response(findings: Sequence[Finding], config: Config) -> Decision:
     """Decide what to do with a buffered response: redact secrets/PII, flag the rest.
 
@@ -128,7 +132,7 @@ def decide_response(findings: Sequence[Finding], config: Config) -> Decision:
     for finding in reported:
         if redacts_output(finding, config):
             redact.append(finding)
-        elif finding.category in (Category.PII, Category.SECRET) or _meets_threshold(
+        elif finding.category in _ALWAYS_FLAGGED_IN_OUTPUT or _meets_threshold(
             finding, config.enforcement
         ):
             flagged.append(finding)

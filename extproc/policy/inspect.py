@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections import defaultdict
 from collections.abc import Sequence
@@ -9,6 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from extproc.config import Config
+from extproc.detect.ensemble import Ensemble
 from extproc.detect.findings import Category, Finding
 from extproc.detect.redact import redact
 from extproc.detect.scanner import Scanner
@@ -18,6 +20,10 @@ from extproc.dialects.jsonpath import get_at, set_at
 from extproc.policy.decision import Decision, decide_request, decide_response
 from extproc.policy.placeholders import Placeholders
 
+# Text up to this size is scanned on the event loop (regex takes microseconds); more goes to
+# a thread.
+_INLINE_SCAN_LIMIT = 64 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class Inspection:
@@ -25,17 +31,29 @@ class Inspection:
 
     decision: Decision
     body: bytes | None = None  # None: forward the original bytes untouched
+    # Model findings that missed the verdict (async timing or past the budget): record them.
+    late: asyncio.Task[list[Finding]] | None = None
 
 
 class Inspector:
-    """Scans segments with the regex tier and asks policy what to do."""
+    """Scans segments with the regex tier and the model ensemble, and asks policy what to do."""
 
-    def __init__(self, config: Config, scanner: Scanner) -> None:
+    def __init__(
+        self,
+        config: Config,
+        scanner: Scanner,
+        ensemble: Ensemble | None = None,
+        timeout: float | None = None,
+    ) -> None:
         self.config = config
         self.scanner = scanner
+        self.ensemble = ensemble if ensemble is not None and ensemble.active else None
+        self.timeout = (
+            timeout if timeout is not None else config.security_analysis_timeout_ms / 1000
+        )
 
     def scan(self, segments: Sequence[Segment]) -> list[Finding]:
-        """Findings of every segment, each tagged with its segment index."""
+        """Regex findings of every segment, each tagged with its segment index."""
         findings: list[Finding] = []
         for index, segment in enumerate(segments):
             if not segment.text:
@@ -44,22 +62,43 @@ class Inspector:
                 findings.append(replace(finding, segment=index))
         return findings
 
-    def request(
+    async def _scan(self, segments: Sequence[Segment]) -> list[Finding]:
+        # Small bodies scan in microseconds; a large one goes to a thread so the loop keeps going.
+        if sum(len(s.text) for s in segments) <= _INLINE_SCAN_LIMIT:
+            return self.scan(segments)
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(loop.run_in_executor(None, self.scan, segments), self.timeout)
+
+    async def request(
         self, segments: Sequence[Segment], body: Any, placeholders: Placeholders | None = None
     ) -> Inspection:
         """Inspect a parsed request body; PII goes out as numbered `placeholders` if given."""
-        decision = decide_request(self.scan(segments), self.config)
-        return Inspection(decision, _rewrite(body, segments, decision, placeholders))
+        findings = await self._scan(segments)
+        late = None
+        if self.ensemble is not None:
+            skip = self.config.security_analysis.ml_skip_when_regex_blocks
+            if skip and decide_request(findings, self.config).blocked:
+                self.ensemble.skipped("regex_decided")
+            else:
+                result = await self.ensemble.request(segments, findings)
+                findings, late = result.findings, result.late
+        decision = decide_request(findings, self.config)
+        return Inspection(decision, _rewrite(body, segments, decision, placeholders), late)
 
-    def response(
+    async def response(
         self, segments: Sequence[Segment], body: Any, placeholders: Placeholders | None = None
     ) -> Inspection:
         """Inspect a parsed buffered response body, then put `placeholders` back."""
-        decision = decide_response(self.scan(segments), self.config)
+        findings = await self._scan(segments)
+        late = None
+        if self.ensemble is not None:
+            result = await self.ensemble.response(segments, findings)
+            findings, late = result.findings, result.late
+        decision = decide_response(findings, self.config)
         rewritten = _rewrite(body, segments, decision, None)
         if placeholders is not None and _restore(body, segments, placeholders):
             rewritten = dump_json(body)
-        return Inspection(decision, rewritten)
+        return Inspection(decision, rewritten, late)
 
 
 def _restore(body: Any, segments: Sequence[Segment], placeholders: Placeholders) -> bool:

@@ -18,6 +18,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from extproc import __version__
 from extproc.admin.app import create_admin_app
 from extproc.config import Config
+from extproc.detect.ensemble import Ensemble
 from extproc.detect.scanner import Scanner
 from extproc.policy.inspect import Inspector
 from extproc.server.processor import Engine, ExternalProcessor
@@ -34,7 +35,12 @@ def build_engine(config: Config, metrics: Metrics | None = None) -> Engine:
     scanner = Scanner.load(config.security_analysis.rule_files or None)
     metrics = metrics or Metrics()
     metrics.rules_loaded.set(scanner.rule_count)
-    return Engine(config, Inspector(config, scanner), metrics)
+    ensemble = Ensemble(config.security_analysis, metrics)
+    if config.enable_security_analysis:
+        ensemble.load()
+    engine = Engine(config, Inspector(config, scanner, ensemble), metrics)
+    engine.ensemble = ensemble
+    return engine
 
 
 def grpc_options(config: Config) -> list[tuple[str, Any]]:
@@ -75,7 +81,13 @@ class ServerHandle:
             "grpc": {"status": "ok", "port": self.grpc_port},
             "regex_rules": {"status": "ok" if rules > 0 else "down", "count": rules},
         }
-        status = "ok" if all(c["status"] == "ok" for c in components.values()) else "degraded"
+        ensemble = self.engine.ensemble
+        if ensemble is not None and ensemble.slots:
+            ml = ensemble.status()
+            # Missing models leave regex analysis running: degraded (HTTP 200), never down.
+            components["ml"] = {"status": "ok" if not ml["degraded"] else "degraded", **ml}
+        states = {c["status"] for c in components.values()}
+        status = "down" if "down" in states else ("degraded" if "degraded" in states else "ok")
         return {
             "status": status,
             "version": __version__,
@@ -86,6 +98,10 @@ class ServerHandle:
     async def stop(self, grace: float) -> None:
         """Stop accepting streams, let open ones finish within `grace`, stop admin."""
         await self.grpc_server.stop(grace)
+        # Late model results finish their records before storage closes.
+        await self.engine.drain(self.engine.timeout)
+        if self.engine.ensemble is not None:
+            self.engine.ensemble.close()
         if self.storage is not None:
             # After the last stream, so every finished request is queued before the drain.
             timeout = self.engine.config.shutdown.timeout_seconds

@@ -13,7 +13,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from extproc.config import Config
+from extproc.detect.ensemble import Ensemble
 from extproc.detect.findings import Category, Finding, Role
 from extproc.detect.redact import redact
 from extproc.dialects.base import Dialect, DialectError, Segment
@@ -56,9 +57,6 @@ Mode = processing_mode_pb2.ProcessingMode
 TRACE_HEADER = "x-llmtrace-trace-id"
 FLAGGED_HEADER = "x-llmtrace-flagged"
 FINDINGS_HEADER = "x-llmtrace-findings"
-# Bodies above this are scanned in a worker thread so one huge prompt cannot stall
-# every other stream on the event loop.
-_INLINE_SCAN_LIMIT = 64 * 1024
 _JSON_TYPES = ("application/json", "+json")
 _REQUEST_HEADERS = frozenset(
     {":path", ":method", "content-length", "content-encoding", *TENANCY_HEADERS}
@@ -102,6 +100,8 @@ class StreamState:
     stream_findings: list[Finding] = field(default_factory=list)
     source_ip: str | None = None  # Envoy's `source.address` attribute, port removed
     finished: bool = False  # the stream was ended by us (early stop); nothing more to do
+    # Model runs that missed the verdict, with the direction and segments they analysed.
+    late: list[tuple[asyncio.Task[list[Finding]], str, list[Segment]]] = field(default_factory=list)
 
     @property
     def error_dialect(self) -> Dialect:
@@ -123,6 +123,7 @@ class Engine:
         self.metrics = metrics
         self.records = RecentRecords()
         self.writer: TraceWriter | None = None  # set by the app when storage is configured
+        self.ensemble: Ensemble | None = None  # set by the app; for /health and shutdown
         self.analysis_enabled = config.enable_security_analysis
         self.output_enabled = config.enable_security_analysis and config.output_safety.enabled
         streaming = config.streaming_analysis
@@ -137,6 +138,18 @@ class Engine:
         # Response headers are needed when either kind of response check may apply.
         self.response_checks = self.output_enabled or self.streaming_enabled
         self.timeout = config.security_analysis_timeout_ms / 1000
+        self._background: set[asyncio.Task[None]] = set()
+
+    def track(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` in the background, holding a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self, seconds: float) -> None:
+        """Wait (bounded) for background work such as late-ML records before shutdown."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=seconds)
 
 
 class RequestProcessor:
@@ -210,11 +223,10 @@ class RequestProcessor:
         if not st.scan_request:
             return messages.request_body_response()
         parsed, segments = self._parse_request(body)
-        inspect = self.engine.inspector.request
         if self.engine.reversible and parsed is not None:
             st.placeholders = Placeholders()
-            inspect = functools.partial(inspect, placeholders=st.placeholders)
-        inspection = await self._run(inspect, segments, parsed, len(body))
+        inspection = await self.engine.inspector.request(segments, parsed, st.placeholders)
+        self._expect_late(inspection, "request", segments)
         decision = inspection.decision
         st.request_decision = decision
         self._start_record(parsed, segments)
@@ -310,23 +322,39 @@ class RequestProcessor:
             metrics.child(metrics.tokens, "completion", completion_source).inc(
                 record.completion_tokens
             )
+        if st.late:
+            # Model results still running: store the record when they land, not before.
+            self.engine.track(self._record_after_late(record, st.late))
+            st.late = []
+            return
+        self._store(record)
+
+    def _store(self, record: RequestRecord) -> None:
         self.engine.records.add(record)
         if self.engine.writer is not None:
             self.engine.writer.submit(record.to_span())
 
-    async def _run(
+    def _expect_late(self, inspection: Inspection, direction: str, segments: list[Segment]) -> None:
+        if inspection.late is not None:
+            self.state.late.append((inspection.late, direction, segments))
+
+    async def _record_after_late(
         self,
-        fn: Callable[[Any, Any], Inspection],
-        segments: Any,
-        parsed: Any,
-        size: int,
-    ) -> Inspection:
-        if size <= _INLINE_SCAN_LIMIT:
-            return fn(segments, parsed)
-        loop = asyncio.get_running_loop()
-        return await asyncio.wait_for(
-            loop.run_in_executor(None, fn, segments, parsed), self.engine.timeout
-        )
+        record: RequestRecord,
+        late: list[tuple[asyncio.Task[list[Finding]], str, list[Segment]]],
+    ) -> None:
+        """Add model findings that missed the verdict to the record, then store it."""
+        for task, direction, segments in late:
+            try:
+                found = await asyncio.wait_for(task, self.engine.timeout)
+            except Exception:
+                log.warning("late ML result lost trace=%s", record.trace_id, exc_info=True)
+                continue
+            if found:
+                self._count_findings(tuple(found), direction)
+                record.findings += _stored(found, direction, segments)
+                record.finding_types = sorted({*record.finding_types, *finding_types(found)})
+        self._store(record)
 
     # -- response headers ------------------------------------------------------------------
     async def response_headers(self, msg: pb.HttpHeaders) -> pb.ProcessingResponse:
@@ -386,12 +414,8 @@ class RequestProcessor:
             self.engine.metrics.inc(self.engine.metrics.unscanned, "response", "unparsed")
             self._finish_record(None, _verdict_of(st))
             return messages.response_body_response()
-        inspection = await self._run(
-            functools.partial(self.engine.inspector.response, placeholders=self._placeholders()),
-            segments,
-            parsed,
-            len(msg.body),
-        )
+        inspection = await self.engine.inspector.response(segments, parsed, self._placeholders())
+        self._expect_late(inspection, "response", segments)
         decision = inspection.decision
         self._count_findings(decision.findings, "response")
         self.engine.metrics.inc(

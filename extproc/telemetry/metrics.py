@@ -138,6 +138,55 @@ class Metrics:
             multiprocess_mode="max",
         )
 
+        self.ml_models_loaded = Gauge(
+            "extproc_ml_model_loaded",
+            "1 when the model is loaded and used, 0 when it failed to load (regex-only).",
+            ["model", "role"],
+            registry=r,
+            multiprocess_mode="min",
+        )
+        self.ml_load_failures = Counter(
+            "extproc_ml_load_failures",
+            "Models that failed to load at startup; analysis degraded to regex for them.",
+            ["model", "role"],
+            registry=r,
+        )
+        self.ml_batch_seconds = Histogram(
+            "extproc_ml_batch_seconds",
+            "Time of one model call (one micro-batch).",
+            ["model"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.ml_batch_size = Histogram(
+            "extproc_ml_batch_size",
+            "Texts per model call: above 1 means concurrent requests shared a call.",
+            ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
+        self.ml_wait_seconds = Histogram(
+            "extproc_ml_wait_seconds",
+            "How long a request waited for its model results (inline timing).",
+            ["direction"],
+            buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
+        self.ml_skipped = Counter(
+            "extproc_ml_skipped",
+            "Model runs not used for the verdict: shed (queue longer than the budget), late "
+            "(budget passed; recorded later), failed, or regex_decided (regex already blocked).",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.ml_queue_depth = Gauge(
+            "extproc_ml_queue_depth",
+            "Texts queued or running per model.",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+
     def child(self, metric: Any, *values: str) -> Any:
         """`metric.labels(*values)`, cached: label lookups were a tenth of the per-request cost."""
         key = (id(metric), values)

@@ -125,6 +125,7 @@ class Stack:
             "server.grpc_port": free_port(),
             "server.admin_port": free_port(),
             "storage.profile": "memory",
+            "security_analysis.ml_enabled": False,  # tests that want models turn them on
         }
         settings.update(overrides or {})
         self.config = load_config(environ={}, overrides=settings.items())

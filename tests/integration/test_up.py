@@ -44,6 +44,8 @@ class Up:
             str(self.demo_port),
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("EXTPROC_")}
+        # No models installed here: `up` must still serve, regex-only, and say so.
+        env["EXTPROC_SECURITY_ANALYSIS__ML_CACHE_DIR"] = str(workdir / "no-models")
         self.proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=workdir
         )
@@ -124,7 +126,12 @@ def test_up_serves_traffic_and_stops_cleanly_on_sigint(up: Up) -> None:
     assert {s.decision for s in reader.query(SpanQuery())} == {"blocked", "allowed"}
     reader.close()
     health = httpx.get(f"http://127.0.0.1:{up.admin_port}/health", timeout=5).json()
-    assert health["status"] == "ok"
+    assert health["status"] == "degraded"
+    ml = health["components"]["ml"]
+    assert (
+        ml["mode"] == "regex-only"
+        and "extproc models install" in ml["models"]["injection"]["error"]
+    )
     children = up.children()
     assert len(children) == 3  # demo upstream, extproc, envoy
     up.proc.send_signal(signal.SIGINT)

@@ -109,3 +109,29 @@ def test_serve_refuses_a_bad_rule_pack(tmp_path: Path, capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert "invalid rule pack" in err
     assert "rule 'bad.one'" in err
+
+
+def test_ml_budget_must_fit_inside_the_analysis_timeout() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={}, overrides=[("security_analysis_timeout_ms", 200)])
+    assert "ml_budget_ms (250) must be below security_analysis_timeout_ms (200)" in str(info.value)
+    ok = load_config(
+        environ={},
+        overrides=[("security_analysis_timeout_ms", 200), ("security_analysis.ml_budget_ms", 150)],
+    )
+    assert ok.security_analysis.ml_budget_ms == 150
+
+
+def test_ml_settings_reject_bad_values() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(
+            environ={},
+            overrides=[
+                ("security_analysis.operating_point", "paranoid"),
+                ("security_analysis.ml_threshold", 1.5),
+                ("security_analysis.ml_device", "tpu"),
+            ],
+        )
+    text = str(info.value)
+    for key in ("operating_point", "ml_threshold", "ml_device"):
+        assert f"security_analysis.{key}" in text

@@ -41,7 +41,11 @@ def test_bundled_config_passes_envoy_validate() -> None:
     [
         {"server.failure_mode": "open", "server.workers": 3},
         {"envoy.upstream_url": "https://api.openai.com", "server.max_request_size_bytes": 65536},
-        {"envoy.upstream_url": "http://llm.internal:8000", "security_analysis_timeout_ms": 200},
+        {
+            "envoy.upstream_url": "http://llm.internal:8000",
+            "security_analysis_timeout_ms": 200,
+            "security_analysis.ml_budget_ms": 100,
+        },
     ],
 )
 def test_rendered_variants_pass_envoy_validate(tmp_path: Path, settings: dict[str, object]) -> None:

@@ -1,0 +1,1 @@
+"""Offline ONNX models: the manifest every model directory carries, install and conversion."""
