@@ -168,6 +168,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return eval_main(args.rest)
 
 
+_OWN_PARSERS = {"models": _cmd_models, "eval": _cmd_eval}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="extproc", description="LLM security for Envoy.")
@@ -221,7 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `extproc` console script."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `models` and `eval` own their arguments: argparse's REMAINDER would refuse a leading flag.
+    if argv and argv[0] in _OWN_PARSERS:
+        args = argparse.Namespace(func=_OWN_PARSERS[argv[0]], rest=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
     except ConfigError as exc:

@@ -16,9 +16,9 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from extproc.config import DEFAULT_MODELS_DIR, EnforcementConfig, SecurityAnalys
 from extproc.detect.errors import RulePackError
 from extproc.detect.findings import Category, Finding, Role
 from extproc.models.manifest import ModelError
+
+if TYPE_CHECKING:  # onnxruntime loads only when a model runs: `--only regex` stays fast
+    from extproc.detect.ml import Detection
 
 # What the default policy blocks as an attack; secrets and PII are other questions.
 ATTACK_CATEGORIES = frozenset(
@@ -88,7 +91,7 @@ class ModelRun:
     name: str
     directory: Path
     threshold: float
-    detections: list[list[Any]] = field(default_factory=list)  # Detection per sample
+    detections: list[list[Detection]] = field(default_factory=list)  # per sample
     latencies_ms: list[float] = field(default_factory=list)
 
     def score(self, index: int) -> float:
@@ -319,8 +322,7 @@ def ensemble_flags(
 
 
 def _with_segment(finding: Finding) -> Finding:
-    from dataclasses import replace
-
+    # merge() joins findings of the same segment only; model findings are made with segment 0.
     return replace(finding, segment=0)
 
 

@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 # Thresholds per operating point, chosen on the development split only (docs/detection.md);
 # the evaluation sets are never used to set them.
 THRESHOLDS: dict[str, dict[str, float]] = {
-    "injection": {"high_recall": 0.5, "balanced": 0.8, "high_precision": 0.95},
+    # NanoGuard's probabilities bunch up near 1.0 (a quarter of honest dev look-alikes score
+    # above 0.99), so its useful thresholds sit in the last decimals.
+    "injection": {"high_recall": 0.9999, "balanced": 0.999999, "high_precision": 0.9999995},
     "jailbreak": {"high_recall": 0.6, "balanced": 0.7, "high_precision": 0.8},
     "ner": {"high_recall": 0.5, "balanced": 0.7, "high_precision": 0.85},
     "toxicity": {"high_recall": 0.5, "balanced": 0.7, "high_precision": 0.9},
@@ -241,6 +243,16 @@ class Ensemble:
             return MlResult(regex)
         picked = [i for i, s in enumerate(segments) if s.text and s.role is Role.OUTPUT]
         return await self._analyse(segments, regex, [(slot, picked)], "response")
+
+    def response_later(self, segments: Sequence[Segment]) -> asyncio.Task[list[Finding]] | None:
+        """Start the response models on text already sent (a stream); record, never wait."""
+        slot = self.slots.get("toxicity")
+        if slot is None or slot.batcher is None:
+            return None
+        picked = [i for i, s in enumerate(segments) if s.text and s.role is Role.OUTPUT]
+        if not picked:
+            return None
+        return asyncio.ensure_future(self._run(segments, [(slot, picked)]))
 
     async def _analyse(
         self,

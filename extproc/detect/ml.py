@@ -127,13 +127,25 @@ class OnnxModel:
                 f"{directory}: the model has no input {missing} (it has {sorted(names)})"
             )
         self._dtype = np.dtype(m.input_dtype)
-        self._drop = set(m.drop_ids)
+        # Special ids never come from the text itself: a user typing "[SEP]" or "[CLS]" (which
+        # the tokenizer maps to the real special token) must not re-frame the model's input.
+        self._drop = {*m.drop_ids, *m.prefix_ids, *m.suffix_ids, m.pad_id}
         self.bank: np.ndarray | None = None
+        self.head: tuple[np.ndarray, float] | None = None
         if m.task == "embedding-similarity" and m.bank:
-            bank = np.load(directory / m.bank)
+            bank = np.load(directory / m.bank, allow_pickle=False)
             if bank.ndim != 2 or not len(bank):
                 raise ModelError(f"{directory}: {m.bank} must be a non-empty 2-D array")
             self.bank = bank.astype(np.float32)
+            if m.head:
+                with np.load(directory / m.head, allow_pickle=False) as head:
+                    weight = np.asarray(head["weight"], dtype=np.float32)
+                    bias = float(head["bias"])
+                if weight.shape != (bank.shape[1],):
+                    raise ModelError(
+                        f"{directory}: {m.head} weight must have shape ({bank.shape[1]},)"
+                    )
+                self.head = (weight, bias)
         self.positive = [i for i, label in enumerate(m.labels) if label in m.positive_labels]
 
     # -- tokenising --------------------------------------------------------------------------
@@ -196,6 +208,8 @@ class OnnxModel:
         """Detections per text: positive labels' best window, or entities. No threshold yet."""
         windows = self.windows(texts)
         results: list[list[Detection]] = [[] for _ in texts]
+        if self.manifest.max_batch:
+            max_batch = min(max_batch, self.manifest.max_batch)
         for begin in range(0, len(windows), max_batch):
             chunk = windows[begin : begin + max_batch]
             output, mask = self.run(chunk)
@@ -234,7 +248,11 @@ class OnnxModel:
             output = (output * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
         norms = np.linalg.norm(output, axis=1, keepdims=True)
         embeddings = output / np.maximum(norms, 1e-12)
-        best = (embeddings @ self.bank.T).max(axis=1)
+        if self.head is not None:
+            weight, bias = self.head
+            best = 1.0 / (1.0 + np.exp(-(embeddings @ weight + bias)))
+        else:
+            best = (embeddings @ self.bank.T).max(axis=1)
         label = self.manifest.positive_labels[0] if self.manifest.positive_labels else "attack"
         for window, score in zip(windows, best, strict=True):
             results[window.text_index].append(

@@ -46,6 +46,12 @@ class Manifest:
     input_dtype: Literal["int64", "int32", "float32"] = "int64"
     pooling: Literal["mean", "cls", "none"] = "none"  # embedding tasks
     bank: str | None = None  # embedding tasks: .npy of L2-normalised attack embeddings
+    # Embedding tasks: .npz with `weight` [dim] and `bias` [] of a logistic head; when present the
+    # score is sigmoid(embedding . weight + bias) instead of the best cosine to the bank.
+    head: str | None = None
+    # Rows per session call; 0: no limit. Dynamically quantised models scale activations per
+    # call, so batch peers would move each other's scores: such models run one row at a time.
+    max_batch: int = 0
     model_file: str = "model.onnx"
     gpu_model_file: str | None = None  # e.g. an fp32 twin of an int8 model, used with CUDA
     tokenizer_file: str = "tokenizer.json"
@@ -99,7 +105,7 @@ def sha256_file(path: Path) -> str:
 def write_manifest(directory: Path, manifest: Manifest) -> Manifest:
     """Hash every file the manifest uses, then write `manifest.json` last (it marks completion)."""
     names = [manifest.model_file, manifest.tokenizer_file]
-    names += [n for n in (manifest.bank, manifest.gpu_model_file) if n]
+    names += [n for n in (manifest.bank, manifest.head, manifest.gpu_model_file) if n]
     files = {name: sha256_file(directory / name) for name in names}
     extra = {n: h for n, h in manifest.files.items() if n not in files}
     final = Manifest(**{**asdict(manifest), "files": {**extra, **files}})

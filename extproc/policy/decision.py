@@ -62,10 +62,11 @@ def _action_for(finding: Finding, enforcement: EnforcementConfig) -> str:
 
 
 def _meets_threshold(finding: Finding, enforcement: EnforcementConfig) -> bool:
-    return (
-        finding.severity >= enforcement.min_severity
-        and finding.confidence >= enforcement.min_confidence
-    )
+    if finding.severity < enforcement.min_severity:
+        return False
+    # A model finding already passed its own threshold (security_analysis.*_threshold); its
+    # confidence is the model's raw score, on another scale than a rule's declared confidence.
+    return finding.detector.startswith("ml:") or finding.confidence >= enforcement.min_confidence
 
 
 def decide_request(findings: Sequence[Finding], config: Config) -> Decision:

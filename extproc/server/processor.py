@@ -499,10 +499,16 @@ class RequestProcessor:
             self._final_analysis(relay)
         if out.stopped or out.end:
             st.completion_chars = relay.position
+            text = relay.guard.full_text or "".join(relay.guard.pieces)
+            segment = Segment(Role.OUTPUT, text, ())
+            ensemble = self.engine.inspector.ensemble
+            if ensemble is not None and st.record is not None and not out.stopped:
+                # The bytes are gone already: the models' view of the stream is for the record.
+                late = ensemble.response_later([segment])
+                if late is not None:
+                    st.late.append((late, "response", [segment]))
             if st.record is not None:
                 st.record.findings += _stored(tuple(st.stream_findings), "response", None)
-                text = relay.guard.full_text or "".join(relay.guard.pieces)
-                segment = Segment(Role.OUTPUT, text, ())
                 st.record.response = self._capture([segment], tuple(st.stream_findings), False)
             self._finish_record(None, "stopped" if out.stopped else _verdict_of(st))
         if out.stopped:

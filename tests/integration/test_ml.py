@@ -124,3 +124,19 @@ def test_a_corrupt_model_degrades_to_regex_only(models_dir: Path, tmp_path: Path
         assert 'extproc_ml_load_failures_total{model="nanoguard",role="injection"} 1.0' in (
             stack.metrics()
         )
+
+
+def test_a_toxic_stream_is_recorded_after_it_ends(ml_stack: Stack) -> None:
+    body = {**_chat("echo: You are a worthless idiot and everyone hates you."), "stream": True}
+    with ml_stack.client.stream("POST", CHAT, json=body) as resp:
+        assert resp.status_code == 200
+        trace = resp.headers["x-llmtrace-trace-id"]
+        b"".join(resp.iter_raw())
+    assert ml_stack.extproc is not None
+    engine = ml_stack.extproc.handle.engine
+
+    def recorded() -> Any:
+        return next((r for r in engine.records.snapshot() if r.trace_id == trace), None)
+
+    wait_until(recorded, "the streamed record")
+    assert "toxicity" in [f.type for f in recorded().findings]

@@ -82,3 +82,15 @@ def test_response_secrets_redacted_pii_flagged_by_default() -> None:
     assert decision.blocked == ()
     keep = decide_response([secret], cfg(**{"output_safety.redact_secrets": False}))
     assert keep.flagged == (secret,)
+
+
+def test_a_model_finding_counts_once_past_its_own_threshold() -> None:
+    from extproc.config import load_config
+    from extproc.detect.findings import Category, Finding, Severity
+    from extproc.policy.decision import decide_request
+
+    config = load_config(environ={})
+    ml = Finding("jailbreak", Category.JAILBREAK, Severity.HIGH, 0.42, 0, 9, "ml.x", "ml:x")
+    rule = Finding("jailbreak", Category.JAILBREAK, Severity.HIGH, 0.42, 0, 9, "jb.1")
+    assert decide_request([ml], config).blocked == (ml,)
+    assert decide_request([rule], config).blocked == ()  # a rule still needs min_confidence
