@@ -129,11 +129,16 @@ class SecurityAnalysisConfig(_Section):
         None, ge=0.0, le=1.0, description="Injection score that counts; null: operating point's."
     )
     jailbreak_enabled: bool = Field(
-        True, description="Semantic similarity to a bank of known jailbreaks (MiniLM)."
+        True,
+        description="Semantic attack detector: MiniLM embeddings scored by a logistic head "
+        "trained on known jailbreaks and injections (or best cosine to its bank, if no head).",
     )
     jailbreak_model: str = Field("minilm-attack-bank", description="As ml_model.")
     jailbreak_threshold: float | None = Field(
-        None, ge=0.0, le=1.0, description="Cosine similarity that counts; null: operating point's."
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Attack probability (cosine without a head); null: operating point's.",
     )
     ner_enabled: bool = Field(
         True, description="Token-classification NER for names and addresses regex cannot see."

@@ -26,7 +26,9 @@ THRESHOLDS: dict[str, dict[str, float]] = {
     # NanoGuard's probabilities bunch up near 1.0 (a quarter of honest dev look-alikes score
     # above 0.99), so its useful thresholds sit in the last decimals.
     "injection": {"high_recall": 0.9999, "balanced": 0.999999, "high_precision": 0.9999995},
-    "jailbreak": {"high_recall": 0.6, "balanced": 0.7, "high_precision": 0.8},
+    # The MiniLM attack head's probability; out-of-fold on dev it detects 69% at 10% FP,
+    # 53% at 2.5% and 48% at 0.8%.
+    "jailbreak": {"high_recall": 0.63, "balanced": 0.74, "high_precision": 0.80},
     "ner": {"high_recall": 0.5, "balanced": 0.7, "high_precision": 0.85},
     "toxicity": {"high_recall": 0.5, "balanced": 0.7, "high_precision": 0.9},
 }

@@ -58,7 +58,7 @@ def choose_providers(device: str) -> list[str]:
     if device == "cuda":
         raise ModelError(
             "ml_device is cuda but onnxruntime has no CUDA provider: uninstall onnxruntime, "
-            "then install onnxruntime-gpu (pip install 'extproc[gpu]')"
+            "then install onnxruntime-gpu"
         )
     return ["CPUExecutionProvider"]
 

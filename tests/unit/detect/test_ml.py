@@ -80,12 +80,12 @@ def test_unusable_directories_are_clear_errors(models_dir: Path, tmp_path: Path)
         OnnxModel(tmp_path / "missing")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ModelError, match="no manifest.json"):
+    with pytest.raises(ModelError, match=r"no manifest\.json"):
         OnnxModel(empty)
     copy = tmp_path / "nanoguard"
     shutil.copytree(models_dir / "nanoguard", copy)
     (copy / "tokenizer.json").unlink()
-    with pytest.raises(ModelError, match="tokenizer.json is missing"):
+    with pytest.raises(ModelError, match=r"tokenizer\.json is missing"):
         OnnxModel(copy)
 
 
