@@ -307,6 +307,215 @@ class StorageConfig(_Section):
         return self.profile != "production"
 
 
+class RateLimitOverride(_Section):
+    """One tenant's own rate (config guide: `rate_limiting.tenant_overrides.<tenant>`)."""
+
+    requests_per_second: float = Field(gt=0)
+    burst_size: int = Field(ge=1)
+
+
+class RateLimitingConfig(_Section):
+    """Token bucket per tenant, shared by every replica through Redis (storage.redis_url)."""
+
+    enabled: bool = False
+    requests_per_second: float = Field(100.0, gt=0, description="Sustained rate per tenant.")
+    burst_size: int = Field(200, ge=1, description="Bucket size: requests allowed at once.")
+    window_seconds: int = Field(
+        60,
+        ge=1,
+        description="A tenant's bucket is forgotten this long after its last request (it is "
+        "full again by then unless the rate is below burst/window).",
+    )
+    tenant_overrides: dict[str, RateLimitOverride] = Field(default_factory=dict)
+
+    def for_tenant(self, tenant: str | None) -> tuple[float, int]:
+        """(requests_per_second, burst_size) for a tenant."""
+        own = self.tenant_overrides.get(tenant) if tenant is not None else None
+        if own is not None:
+            return own.requests_per_second, own.burst_size
+        return self.requests_per_second, self.burst_size
+
+
+class ModelPrice(_Section):
+    """USD per 1M tokens."""
+
+    input_per_million: float = Field(ge=0)
+    output_per_million: float = Field(ge=0)
+
+
+class CostEstimationConfig(_Section):
+    """Cost of each request from its token usage (stored on the span)."""
+
+    enabled: bool = True
+    pricing_file: Path | None = Field(
+        None,
+        description="YAML mapping model -> {input_per_million, output_per_million}; read at "
+        "start and on SIGHUP; its entries win over the built-in prices.",
+    )
+    custom_models: dict[str, ModelPrice] = Field(
+        default_factory=dict, description="Inline prices; win over the file and built-ins."
+    )
+
+
+BudgetWindow = Literal["hourly", "daily", "weekly", "monthly"]
+BUDGET_WINDOW_SECONDS: dict[str, int] = {
+    "hourly": 3600,
+    "daily": 86400,
+    "weekly": 7 * 86400,
+    "monthly": 30 * 86400,
+}
+
+
+class BudgetCap(_Section):
+    """Spend limit over a rolling window: soft → alert event, hard → 429 before the upstream."""
+
+    window: BudgetWindow
+    hard_limit_usd: float | None = Field(None, gt=0)
+    soft_limit_usd: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _limits(self) -> BudgetCap:
+        if self.hard_limit_usd is None and self.soft_limit_usd is None:
+            raise ValueError("a budget cap needs hard_limit_usd, soft_limit_usd or both")
+        if (
+            self.hard_limit_usd is not None
+            and self.soft_limit_usd is not None
+            and self.soft_limit_usd > self.hard_limit_usd
+        ):
+            raise ValueError("soft_limit_usd must not exceed hard_limit_usd")
+        return self
+
+
+class TokenCap(_Section):
+    """Per-request token limits."""
+
+    max_prompt_tokens: int | None = Field(None, ge=1, description="Longer prompts: 413.")
+    max_completion_tokens: int | None = Field(
+        None, ge=1, description="max_tokens / max_completion_tokens clamped to this."
+    )
+    max_total_tokens: int | None = Field(
+        None, ge=1, description="Prompt + requested completion; over it: 413."
+    )
+
+
+class AgentCaps(_Section):
+    """Per-agent overrides, keyed by the X-LLMTrace-Agent-ID header."""
+
+    agent_id: str = Field(min_length=1)
+    budget_caps: list[BudgetCap] = Field(
+        default_factory=list,
+        description="Caps on this agent's own spend, on top of the tenant-wide default caps.",
+    )
+    token_cap: TokenCap | None = Field(None, description="Replace default_token_cap.")
+
+
+class CostCapsConfig(_Section):
+    """Budgets per tenant (and per agent) and per-request token caps.
+
+    default_budget_caps limit each tenant's total spend; an agent listed under `agents` is
+    also held to its own caps (its spend still counts toward its tenant's).
+    """
+
+    enabled: bool = False
+    default_budget_caps: list[BudgetCap] = Field(default_factory=list)
+    default_token_cap: TokenCap | None = None
+    agents: list[AgentCaps] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> CostCapsConfig:
+        seen: set[str] = set()
+        for agent in self.agents:
+            if agent.agent_id in seen:
+                raise ValueError(f"agent_id {agent.agent_id!r} is listed twice")
+            seen.add(agent.agent_id)
+        for caps in [self.default_budget_caps, *(a.budget_caps for a in self.agents)]:
+            windows = [c.window for c in caps]
+            if len(windows) != len(set(windows)):
+                raise ValueError("each budget window may appear once per cap list")
+        return self
+
+    def agent(self, agent_id: str | None) -> AgentCaps | None:
+        """The override entry for an agent, if any."""
+        for entry in self.agents:
+            if entry.agent_id == agent_id:
+                return entry
+        return None
+
+    def agent_budget_caps(self, agent_id: str | None) -> list[BudgetCap]:
+        """Caps on one agent's own spend (none unless the agent is listed)."""
+        entry = self.agent(agent_id)
+        return entry.budget_caps if entry is not None else []
+
+    def token_cap_for(self, agent_id: str | None) -> TokenCap | None:
+        """The token cap that applies to a request from this agent."""
+        entry = self.agent(agent_id)
+        if entry is not None and entry.token_cap is not None:
+            return entry.token_cap
+        return self.default_token_cap
+
+
+ActionName = Literal["block_ip", "webhook"]
+
+
+class ActionRuleConfig(_Section):
+    """Findings that match trigger these actions (LLMTrace action router)."""
+
+    finding_type: str | None = Field(None, description="Finding type; null matches any.")
+    min_severity: SeverityLevel = Severity.MEDIUM
+    min_confidence: float = Field(0.0, ge=0.0, le=1.0)
+    actions: list[ActionName] = Field(min_length=1)
+
+
+class IpBlockActionConfig(_Section):
+    """block_ip: after max_offenses within ttl_seconds, the source IP gets 403 for ttl_seconds."""
+
+    ttl_seconds: int = Field(300, ge=1)
+    max_offenses: int = Field(3, ge=1)
+
+
+class WebhookActionConfig(_Section):
+    """webhook: POST {source_ip, tenant_id, trace_id, findings} off the request path."""
+
+    url: str | None = None
+    timeout_ms: int = Field(2000, ge=1)
+    max_retries: int = Field(3, ge=0, description="Retries after the first attempt.")
+    queue_size: int = Field(1000, ge=1, description="Pending deliveries; beyond it: dropped.")
+
+
+class ActionRouterConfig(_Section):
+    """What to do about a caller whose requests produce findings."""
+
+    enabled: bool = False
+    default_actions: list[ActionName] = Field(
+        default_factory=list, description="Actions for findings no rule matches."
+    )
+    rules: list[ActionRuleConfig] = Field(default_factory=list)
+    ip_block: IpBlockActionConfig = Field(default_factory=IpBlockActionConfig)
+    webhook: WebhookActionConfig = Field(default_factory=WebhookActionConfig)
+    trusted_hops: int = Field(
+        0,
+        ge=0,
+        description="Proxies in front of Envoy that append to X-Forwarded-For: the client is "
+        "the entry this many places from the right; 0 uses Envoy's peer address.",
+    )
+
+    @model_validator(mode="after")
+    def _webhook_url(self) -> ActionRouterConfig:
+        used = set(self.default_actions).union(*(r.actions for r in self.rules))
+        if self.enabled and "webhook" in used and not self.webhook.url:
+            raise ValueError("the webhook action needs action_router.webhook.url")
+        return self
+
+
+class AuthzConfig(_Section):
+    """The ext_authz gRPC service (envoy.service.auth.v3.Authorization), same port as ext_proc."""
+
+    enabled: bool = Field(True, description="Serve Authorization/Check beside ext_proc.")
+    scan_body: bool = Field(
+        True, description="Run request detection on a body Envoy sends (with_request_body)."
+    )
+
+
 class ShutdownConfig(_Section):
     """Graceful shutdown (config guide name)."""
 
@@ -335,6 +544,11 @@ class Config(_Section):
     pii: PiiConfig = Field(default_factory=PiiConfig)
     output_safety: OutputSafetyConfig = Field(default_factory=OutputSafetyConfig)
     streaming_analysis: StreamingAnalysisConfig = Field(default_factory=StreamingAnalysisConfig)
+    rate_limiting: RateLimitingConfig = Field(default_factory=RateLimitingConfig)
+    cost_estimation: CostEstimationConfig = Field(default_factory=CostEstimationConfig)
+    cost_caps: CostCapsConfig = Field(default_factory=CostCapsConfig)
+    action_router: ActionRouterConfig = Field(default_factory=ActionRouterConfig)
+    authz: AuthzConfig = Field(default_factory=AuthzConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
