@@ -100,7 +100,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return asyncio.run(serve_workers(config))
     from extproc.server.app import serve
 
-    asyncio.run(serve(config, worker_index=args.worker_index or 0))
+    config_path = Path(args.config) if args.config else None
+    asyncio.run(
+        serve(
+            config,
+            worker_index=args.worker_index or 0,
+            resolve=lambda: _resolve(args),
+            config_path=config_path,
+        )
+    )
     return 0
 
 
@@ -148,7 +156,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 def _cmd_envoy_render(args: argparse.Namespace) -> int:
     from extproc.envoy_config import render_yaml
 
-    text = render_yaml(_resolve(args))
+    text = render_yaml(_resolve(args), mode=args.mode)
     if args.output is None:
         sys.stdout.write(text)
     else:
@@ -204,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
         render, "upstream", "envoy_port", "envoy_admin_port", "grpc_port", "failure_mode"
     )
     render.add_argument("--output", "-o", type=Path, help="write to a file instead of stdout")
+    render.add_argument(
+        "--mode",
+        choices=("ext_proc", "ext_authz"),
+        default="ext_proc",
+        help="filter that calls extproc: ext_proc (default) or ext_authz (Check only)",
+    )
     render.set_defaults(func=_cmd_envoy_render)
 
     # These parse their own arguments (`extproc models --help`, `extproc eval --help`).

@@ -1,13 +1,16 @@
 """Render the Envoy configuration that matches an extproc Config.
 
-The bundled `envoy/envoy.yaml` is `render(Config())`; a test fails when the two drift.
+Two modes: `ext_proc` (the full filter: request and response bodies) and `ext_authz` (a
+Check before the upstream, for meshes that only allow ext_authz). The bundled
+`envoy/envoy.yaml` is `render(Config())` and `envoy/envoy-ext-authz.yaml` is
+`render(Config(), mode="ext_authz")`; a test fails when either drifts.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -15,6 +18,8 @@ import yaml
 from extproc.config import Config
 
 _T = "type.googleapis.com/envoy."
+Mode = Literal["ext_proc", "ext_authz"]
+MODES: tuple[Mode, ...] = ("ext_proc", "ext_authz")
 EXTPROC_CLUSTER = "extproc"
 UPSTREAM_CLUSTER = "llm_upstream"
 VERDICT_HEADERS = ("x-llmtrace-trace-id", "x-llmtrace-flagged", "x-llmtrace-findings")
@@ -141,6 +146,34 @@ def _ext_proc_filter(config: Config) -> dict[str, Any]:
     }
 
 
+def _ext_authz_filter(config: Config) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": {
+            "@type": _T + "extensions.filters.http.ext_authz.v3.ExtAuthz",
+            # The same gRPC server (and cluster) serves ext_proc and ext_authz. The timeout
+            # covers the whole Check, body analysis included; Envoy's default is 200 ms.
+            "grpc_service": {
+                "envoy_grpc": {"cluster_name": EXTPROC_CLUSTER},
+                "timeout": _seconds(config.envoy_message_timeout_ms),
+            },
+            "transport_api_version": "V3",
+            "failure_mode_allow": config.server.failure_mode == "open",
+            # Envoy's default for an unreachable server is 403, which reads as "policy said
+            # no"; 500 matches the ext_proc variant (and its local-reply JSON mapper).
+            "status_on_error": {"code": 500},
+            # A body over the cap is Envoy's own 413, never a partial (unscanned) body.
+            # pack_as_bytes: the exact bytes (raw_body), not a UTF-8 string copy.
+            "with_request_body": {
+                "max_request_bytes": config.server.max_request_size_bytes,
+                "allow_partial_message": False,
+                "pack_as_bytes": True,
+            },
+            "include_peer_certificate": False,
+        },
+    }
+
+
 def _error_json(dialect: str, status: int, message: str) -> dict[str, Any]:
     if dialect == "anthropic":
         kind = "request_too_large" if status == 413 else "api_error"
@@ -150,21 +183,25 @@ def _error_json(dialect: str, status: int, message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
-def _local_reply_config() -> dict[str, Any]:
+def _local_reply_config(mode: Mode) -> dict[str, Any]:
     mappers = []
-    fail_details = "ext_proc_error_gRPC_error_"
+    if mode == "ext_authz":
+        # Envoy's detail when the Check call fails and failure_mode_allow is off; our own
+        # denials carry `ext_authz_denied` and keep their bodies.
+        failed = "response.code_details == 'ext_authz_error'"
+    else:
+        fail_details = "ext_proc_error_gRPC_error_"
+        failed = (
+            f"response.code_details.startsWith('{fail_details}') || "
+            "response.code_details.startsWith('ext_proc_error')"
+        )
     cases = [
         (
             413,
             f"response.code_details == '{_ENVOY_REPLY_DETAILS[413][0]}'",
             _ENVOY_REPLY_DETAILS[413][1],
         ),
-        (
-            500,
-            f"response.code_details.startsWith('{fail_details}') || "
-            "response.code_details.startsWith('ext_proc_error')",
-            "Security analysis is unavailable; request refused (fail-closed).",
-        ),
+        (500, failed, "Security analysis is unavailable; request refused (fail-closed)."),
     ]
     for status, condition, message in cases:
         for dialect, path_regex in (
@@ -196,12 +233,20 @@ def _local_reply_config() -> dict[str, Any]:
 
 
 def render(
-    config: Config, *, extproc_ports: Sequence[int] | None = None, ext_proc: bool = True
+    config: Config,
+    *,
+    extproc_ports: Sequence[int] | None = None,
+    ext_proc: bool = True,
+    mode: Mode = "ext_proc",
 ) -> dict[str, Any]:
     """The Envoy bootstrap (as a dict) for this extproc configuration.
 
-    `ext_proc=False` leaves the filter out: plain Envoy, the baseline the benchmark compares to.
+    `mode` picks the filter that calls extproc: ext_proc, or ext_authz (a Check before the
+    upstream, no response checks). `ext_proc=False` leaves any filter out: plain Envoy, the
+    baseline the benchmark compares to.
     """
+    if mode not in MODES:
+        raise ValueError(f"unknown Envoy mode {mode!r}; expected one of {', '.join(MODES)}")
     ports = list(extproc_ports) if extproc_ports is not None else grpc_ports(config)
     upstream = urlsplit(config.envoy.upstream_url)
     route: dict[str, Any] = {"cluster": UPSTREAM_CLUSTER, "timeout": _ROUTE_TIMEOUT}
@@ -216,6 +261,7 @@ def render(
     ]
     if upstream.scheme == "https" and upstream.hostname:
         route["host_rewrite_literal"] = upstream.hostname
+    filter_for_mode = {"ext_proc": _ext_proc_filter, "ext_authz": _ext_authz_filter}
     hcm = {
         "@type": _T + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "llm_ingress",
@@ -236,9 +282,9 @@ def render(
                 }
             ],
         },
-        "local_reply_config": _local_reply_config(),
+        "local_reply_config": _local_reply_config(mode),
         "http_filters": [
-            *([_ext_proc_filter(config)] if ext_proc else []),
+            *([filter_for_mode[mode](config)] if ext_proc else []),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {"@type": _T + "extensions.filters.http.router.v3.Router"},
@@ -273,11 +319,14 @@ def render(
     }
 
 
-def render_yaml(config: Config, *, extproc_ports: Sequence[int] | None = None) -> str:
+def render_yaml(
+    config: Config, *, extproc_ports: Sequence[int] | None = None, mode: Mode = "ext_proc"
+) -> str:
     """`render` as YAML text with a header saying where it came from."""
+    command = "extproc envoy render" + ("" if mode == "ext_proc" else f" --mode {mode}")
     header = (
-        "# Rendered by `extproc envoy render` from extproc's configuration.\n"
-        "# Envoy → ext_proc (extproc) → LLM upstream. Edit extproc's config, not this file.\n"
+        f"# Rendered by `{command}` from extproc's configuration.\n"
+        f"# Envoy → {mode} (extproc) → LLM upstream. Edit extproc's config, not this file.\n"
     )
-    body = yaml.safe_dump(render(config, extproc_ports=extproc_ports), sort_keys=False)
+    body = yaml.safe_dump(render(config, extproc_ports=extproc_ports, mode=mode), sort_keys=False)
     return header + body

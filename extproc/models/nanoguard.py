@@ -97,8 +97,25 @@ def probe_texts(count: int = 300, seed: int = 20240611) -> list[str]:
         "的一是不了人我在有他这中大来上个国",
         "😀😂🥲🤖🔥🎉👍🏽❤️🚀",
     ]
-    words = ["ignore", "previous", "instructions", "system", "prompt", "the", "and", "you're",
-             "print", "password", "def", "return", "SELECT", "*", "FROM", "users;", "don't"]
+    words = [
+        "ignore",
+        "previous",
+        "instructions",
+        "system",
+        "prompt",
+        "the",
+        "and",
+        "you're",
+        "print",
+        "password",
+        "def",
+        "return",
+        "SELECT",
+        "*",
+        "FROM",
+        "users;",
+        "don't",
+    ]
     rng = random.Random(seed)
     out = list(fixed)
     while len(out) < count:

@@ -56,8 +56,9 @@ def _attribution(notice: str, version: str) -> str:
     )
 
 
-def _smoke(model: Path, tokenizer_file: Path, labels: list[str], cls_id: int, sep_id: int
-           ) -> dict[str, Any]:
+def _smoke(
+    model: Path, tokenizer_file: Path, labels: list[str], cls_id: int, sep_id: int
+) -> dict[str, Any]:
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
@@ -65,8 +66,11 @@ def _smoke(model: Path, tokenizer_file: Path, labels: list[str], cls_id: int, se
     encoding = tokenizer.encode(SMOKE_TEXT, add_special_tokens=False)
     ids = np.array([[cls_id, *encoding.ids, sep_id]], dtype=np.int64)
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
-             "token_type_ids": np.zeros_like(ids)}
+    feeds = {
+        "input_ids": ids,
+        "attention_mask": np.ones_like(ids),
+        "token_type_ids": np.zeros_like(ids),
+    }
     logits = np.asarray(session.run(["logits"], feeds)[0])[0, 1:-1]
     tags = [labels[int(i)] for i in logits.argmax(axis=-1)]
     found: dict[str, list[str]] = {}
@@ -129,8 +133,11 @@ def build(sources: Sources, out: Path) -> Manifest:
         prefix_ids=[cls_id],
         suffix_ids=[sep_id],
         stride=64,
-        inputs={"input_ids": "input_ids", "attention_mask": "attention_mask",
-                "token_type_ids": "token_type_ids"},
+        inputs={
+            "input_ids": "input_ids",
+            "attention_mask": "attention_mask",
+            "token_type_ids": "token_type_ids",
+        },
         output="logits",
         activation="softmax",
         source={"package": PACKAGE, "version": version, "file": MODEL_FILE},

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
 import uvicorn
+from envoy.service.auth.v3 import external_auth_pb2_grpc as authz_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from extproc import __version__
@@ -20,9 +23,15 @@ from extproc.admin.app import create_admin_app
 from extproc.config import Config
 from extproc.detect.ensemble import Ensemble
 from extproc.detect.scanner import Scanner
+from extproc.policy.admission import Gate
 from extproc.policy.inspect import Inspector
+from extproc.policy.limits import BudgetEvent
+from extproc.server.authz import Authorizer
+from extproc.server.authz_policy import AuthzDecider
 from extproc.server.processor import Engine, ExternalProcessor
-from extproc.storage.factory import Storage, open_storage
+from extproc.server.reload import Reloader
+from extproc.storage.factory import Storage, open_metadata, open_storage
+from extproc.storage.metadata import MetadataStore
 from extproc.telemetry.metrics import Metrics
 
 log = logging.getLogger("extproc.server")
@@ -40,7 +49,25 @@ def build_engine(config: Config, metrics: Metrics | None = None) -> Engine:
         ensemble.load()
     engine = Engine(config, Inspector(config, scanner, ensemble), metrics)
     engine.ensemble = ensemble
+    engine.gate = Gate.build(config, metrics)
     return engine
+
+
+# Settings read once at start; a reload that changes them is applied only after a restart.
+_RESTART_ONLY = ("server", "envoy", "storage", "shutdown", "logging", "authz")
+_RESTART_ONLY_ANALYSIS = ("ml_", "jailbreak_", "ner_", "toxicity_", "operating_point")
+
+
+def restart_only_changes(old: Config, new: Config) -> list[str]:
+    """The sections of a reloaded config that need a restart to take effect."""
+    changed = [name for name in _RESTART_ONLY if getattr(old, name) != getattr(new, name)]
+    old_sa, new_sa = old.security_analysis, new.security_analysis
+    for name in type(old_sa).model_fields:
+        if name.startswith(_RESTART_ONLY_ANALYSIS) and getattr(old_sa, name) != getattr(
+            new_sa, name
+        ):
+            changed.append(f"security_analysis.{name}")
+    return changed
 
 
 def grpc_options(config: Config) -> list[tuple[str, Any]]:
@@ -69,10 +96,13 @@ class ServerHandle:
     engine: Engine
     grpc_server: grpc.aio.Server
     grpc_port: int
+    processor: ExternalProcessor
     admin: uvicorn.Server | None = None
     admin_task: asyncio.Task[None] | None = None
     storage: Storage | None = None
     started: float = field(default_factory=time.time)
+    metadata: MetadataStore | None = None  # alert events (budget crossings) are kept here
+    reloads: int = 0
 
     def health(self) -> dict[str, Any]:
         """Health report: ok when every component is up."""
@@ -95,13 +125,63 @@ class ServerHandle:
             "components": components,
         }
 
+    def reload(self, config: Config, scanner: Scanner | None = None) -> None:
+        """Swap in a new policy (rules, enforcement, limits, prices, actions) for new streams.
+
+        Raises (keeping the running policy) when the new rule packs or pricing file are bad.
+        Open streams finish under the engine they started with.
+        """
+        old = self.engine
+        if scanner is None:
+            scanner = Scanner.load(config.security_analysis.rule_files or None)
+        if old.gate is not None:
+            old.gate.reconfigure(config)
+        engine = old.derive(config, Inspector(config, scanner, old.ensemble))
+        self.engine.metrics.rules_loaded.set(scanner.rule_count)
+        self.engine = engine
+        self.processor.engine = engine
+        self.reloads += 1
+        pending = restart_only_changes(old.config, config)
+        if pending:
+            log.warning(
+                "reloaded; these settings change only after a restart: %s", ", ".join(pending)
+            )
+        else:
+            log.info("reloaded: %d rules", scanner.rule_count)
+
+    def _alert_event(self, event: BudgetEvent) -> None:
+        """Keep a budget crossing as an alert event (the alerting issue sends them on)."""
+        if self.metadata is None:
+            return
+        created = time.time()
+        document: dict[str, Any] = {
+            "type": f"budget_{event.kind}_limit",
+            "scope": event.scope,
+            "tenant_id": event.tenant_id,
+            "agent_id": event.agent_id,
+            "window": event.window,
+            "spent_usd": round(event.spent_usd, 6),
+            "limit_usd": event.limit_usd,
+            "created_at": created,
+        }
+        event_id = f"{int(created * 1000)}-{random.getrandbits(32):08x}"
+        metadata = self.metadata
+        self.engine.track(
+            asyncio.to_thread(metadata.put, "alert_event", event_id, document, event.tenant_id)
+        )
+
     async def stop(self, grace: float) -> None:
         """Stop accepting streams, let open ones finish within `grace`, stop admin."""
         await self.grpc_server.stop(grace)
         # Late model results finish their records before storage closes.
         await self.engine.drain(self.engine.timeout)
+        if self.engine.gate is not None:
+            await self.engine.gate.close()
         if self.engine.ensemble is not None:
             self.engine.ensemble.close()
+        close = getattr(self.metadata, "close", None)
+        if close is not None:
+            close()
         if self.storage is not None:
             # After the last stream, so every finished request is queued before the drain.
             timeout = self.engine.config.shutdown.timeout_seconds
@@ -122,7 +202,8 @@ async def start_servers(
     """Start the gRPC server (and admin HTTP) on the running loop; return a handle."""
     engine = engine or build_engine(config)
     server = grpc.aio.server(options=grpc_options(config))
-    pb_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(engine), server)
+    processor = ExternalProcessor(engine)
+    pb_grpc.add_ExternalProcessorServicer_to_server(processor, server)
     port = config.server.grpc_port if grpc_port is None else grpc_port
     bound = server.add_insecure_port(f"{config.server.grpc_host}:{port}")
     if bound == 0:
@@ -131,8 +212,20 @@ async def start_servers(
     if engine.config.enable_trace_storage:
         storage = open_storage(engine.config, engine.metrics, instance=f"port-{bound}")
         engine.writer = storage.writer
+    handle = ServerHandle(engine, server, bound, processor, storage=storage)
+    if config.authz.enabled:
+        authorizer = Authorizer(
+            AuthzDecider(lambda: handle.engine),
+            engine.metrics,
+            failure_mode=config.server.failure_mode,
+        )
+        authz_grpc.add_AuthorizationServicer_to_server(authorizer, server)
+    if engine.gate is not None:
+        await engine.gate.start()
+        if engine.config.enable_trace_storage:
+            handle.metadata = await asyncio.to_thread(open_metadata, engine.config)
+        engine.gate.budget_listeners.append(handle._alert_event)
     await server.start()
-    handle = ServerHandle(engine, server, bound, storage=storage)
     if admin:
         app = create_admin_app(handle.health, engine.metrics)
         uv_config = uvicorn.Config(
@@ -167,10 +260,17 @@ async def start_servers(
     return handle
 
 
-async def serve(config: Config, *, worker_index: int = 0) -> None:
+async def serve(
+    config: Config,
+    *,
+    worker_index: int = 0,
+    resolve: Callable[[], Config] | None = None,
+    config_path: Path | None = None,
+) -> None:
     """Run until SIGINT/SIGTERM, then drain open streams for `server.grace_seconds`.
 
     Worker `i` of a multi-worker server listens on grpc_port+i; only worker 0 serves admin.
+    With `resolve`, SIGHUP and changes to the config, rule or pricing files reload the policy.
     """
     handle = await start_servers(
         config, grpc_port=config.server.grpc_port + worker_index, admin=worker_index == 0
@@ -179,6 +279,11 @@ async def serve(config: Config, *, worker_index: int = 0) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    watcher: asyncio.Task[None] | None = None
+    if resolve is not None:
+        reloader = Reloader(handle, resolve, config_path)
+        loop.add_signal_handler(signal.SIGHUP, lambda: handle.engine.track(reloader.on_signal()))
+        watcher = asyncio.create_task(reloader.watch())
     admin = (
         f" admin http://{config.server.admin_host}:{config.server.admin_port}"
         if worker_index == 0
@@ -189,5 +294,7 @@ async def serve(config: Config, *, worker_index: int = 0) -> None:
         flush=True,
     )
     await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
     log.info("shutting down; draining for up to %.1fs", config.server.grace_seconds)
     await handle.stop(config.server.grace_seconds)

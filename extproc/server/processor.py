@@ -33,6 +33,8 @@ from extproc.dialects.jsonpath import format_path
 from extproc.dialects.routing import default_dialect_for_path, dialect_for_path, parse_json
 from extproc.dialects.stream import Usage, decoder_for_path
 from extproc.dialects.usage import estimate_tokens, merge_usage, request_model, response_usage
+from extproc.policy.actions import client_ip
+from extproc.policy.admission import Gate
 from extproc.policy.decision import (
     Decision,
     Verdict,
@@ -40,6 +42,7 @@ from extproc.policy.decision import (
     output_redaction_enabled,
     redacts_output,
 )
+from extproc.policy.gate import Caller, Denial
 from extproc.policy.inspect import Inspection, Inspector
 from extproc.policy.placeholders import Placeholders
 from extproc.policy.stream_guard import StreamGuard
@@ -59,7 +62,7 @@ FLAGGED_HEADER = "x-llmtrace-flagged"
 FINDINGS_HEADER = "x-llmtrace-findings"
 _JSON_TYPES = ("application/json", "+json")
 _REQUEST_HEADERS = frozenset(
-    {":path", ":method", "content-length", "content-encoding", *TENANCY_HEADERS}
+    {":path", ":method", "content-length", "content-encoding", "x-forwarded-for", *TENANCY_HEADERS}
 )
 _RESPONSE_HEADERS = frozenset({":status", "content-type", "content-encoding"})
 _NO_BODIES = messages.processing_mode(request_body=Mode.NONE, response_body=Mode.NONE)
@@ -99,6 +102,7 @@ class StreamState:
     placeholders: Placeholders | None = None  # reversible redaction table, this request only
     stream_findings: list[Finding] = field(default_factory=list)
     source_ip: str | None = None  # Envoy's `source.address` attribute, port removed
+    cap_tokens: bool = False  # a token cap applies: the body is needed even unscanned
     finished: bool = False  # the stream was ended by us (early stop); nothing more to do
     # Model runs that missed the verdict, with the direction and segments they analysed.
     late: list[tuple[asyncio.Task[list[Finding]], str, list[Segment]]] = field(default_factory=list)
@@ -113,6 +117,11 @@ class StreamState:
         """Metric label for the dialect."""
         return self.dialect.name if self.dialect else "unknown"
 
+    @property
+    def caller(self) -> Caller:
+        """The request's caller, for admission and follow-up actions."""
+        return Caller(self.tenant_id, self.agent_id, self.source_ip, self.path)
+
 
 class Engine:
     """Shared, immutable per-process state: config, inspector, metrics."""
@@ -124,6 +133,7 @@ class Engine:
         self.records = RecentRecords()
         self.writer: TraceWriter | None = None  # set by the app when storage is configured
         self.ensemble: Ensemble | None = None  # set by the app; for /health and shutdown
+        self.gate: Gate | None = None  # set by the app: rate limits, budgets, caps, actions
         self.analysis_enabled = config.enable_security_analysis
         self.output_enabled = config.enable_security_analysis and config.output_safety.enabled
         streaming = config.streaming_analysis
@@ -145,6 +155,20 @@ class Engine:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def derive(self, config: Config, inspector: Inspector) -> Engine:
+        """A new engine for a reloaded config, sharing this one's long-lived parts.
+
+        Streams already open keep the engine they started with, so a reload never changes
+        the rules halfway through a request.
+        """
+        engine = Engine(config, inspector, self.metrics)
+        engine.records = self.records
+        engine.writer = self.writer
+        engine.ensemble = self.ensemble
+        engine.gate = self.gate
+        engine._background = self._background
+        return engine
 
     async def drain(self, seconds: float) -> None:
         """Wait (bounded) for background work such as late-ML records before shutdown."""
@@ -170,6 +194,13 @@ class RequestProcessor:
         st.agent_id = agent_from_headers(headers)
         st.dialect = dialect_for_path(st.path)
         engine = self.engine
+        gate = engine.gate
+        if gate is not None:
+            hops = engine.config.action_router.trusted_hops
+            st.source_ip = client_ip(headers.get("x-forwarded-for"), st.source_ip, hops)
+            denial = await gate.admit(st.caller)
+            if denial is not None:
+                return self.denied(denial)
         limit = engine.config.server.max_request_size_bytes
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
@@ -185,6 +216,13 @@ class RequestProcessor:
             message = f"Content-Encoding {encoding!r} is not supported; send the body uncompressed."
             raise Rejection(415, message, "encoded")
         check_response = engine.response_checks and st.dialect is not None
+        st.cap_tokens = (
+            gate is not None
+            and st.dialect is not None
+            and not msg.end_of_stream
+            and gate.config.cost_caps.enabled
+            and gate.config.cost_caps.token_cap_for(st.agent_id) is not None
+        )
         if st.scan_request:
             st.record = RequestRecord(
                 st.trace_id,
@@ -205,7 +243,7 @@ class RequestProcessor:
             # Envoy copies the trace and verdict headers to the response itself (route
             # response_headers_to_add), so with nothing to check the response costs no message.
             mode = messages.processing_mode(
-                request_body=Mode.BUFFERED if st.scan_request else Mode.NONE,
+                request_body=Mode.BUFFERED if st.scan_request or st.cap_tokens else Mode.NONE,
                 response_body=Mode.BUFFERED if check_response else Mode.NONE,
                 response_headers=check_response,
             )
@@ -220,9 +258,18 @@ class RequestProcessor:
         limit = engine.config.server.max_request_size_bytes
         if len(body) > limit:
             raise Rejection(413, _too_large(len(body), limit), "too_large")
-        if not st.scan_request:
+        if not st.scan_request and not st.cap_tokens:
             return messages.request_body_response()
         parsed, segments = self._parse_request(body)
+        clamped = False
+        if st.cap_tokens and engine.gate is not None:
+            tokens = engine.gate.check_tokens(st.caller, parsed, segments)
+            if tokens.denial is not None:
+                self._finish_record(tokens.denial.status, tokens.denial.reason)
+                return self.denied(tokens.denial)
+            clamped = tokens.clamped
+        if not st.scan_request:
+            return messages.request_body_response(dump_json(parsed) if clamped else None)
         if self.engine.reversible and parsed is not None:
             st.placeholders = Placeholders()
         inspection = await self.engine.inspector.request(segments, parsed, st.placeholders)
@@ -231,9 +278,11 @@ class RequestProcessor:
         st.request_decision = decision
         self._start_record(parsed, segments)
         if st.record is not None:
-            st.record.findings += _stored(decision.findings, "request", segments)
+            st.record.findings += stored_findings(decision.findings, "request", segments)
             st.record.prompt = self._capture(segments, decision.findings)
         self._count_findings(decision.findings, "request")
+        if decision.findings and engine.gate is not None:
+            engine.track(engine.gate.act_on(st.caller, st.trace_id, decision.findings))
         if decision.blocked:
             engine.metrics.inc(engine.metrics.requests, Verdict.BLOCKED.value, st.dialect_label)
             types = ", ".join(finding_types(decision.blocked))
@@ -246,7 +295,7 @@ class RequestProcessor:
             )
         engine.metrics.inc(engine.metrics.requests, decision.verdict.value, st.dialect_label)
         new_body = inspection.body
-        if self._ask_for_usage(parsed):
+        if self._ask_for_usage(parsed) or clamped:
             new_body = dump_json(parsed)  # `parsed` already carries any redaction
         return messages.request_body_response(new_body, _flag_headers(decision.flagged))
 
@@ -317,6 +366,13 @@ class RequestProcessor:
             completion_source = "estimate"
         sources = {prompt_source, completion_source}
         record.usage_source = sources.pop() if len(sources) == 1 else "partial"
+        gate = self.engine.gate
+        if gate is not None and decision not in _NOT_FORWARDED:
+            record.cost_usd = gate.cost(
+                record.model, record.prompt_tokens, record.completion_tokens
+            )
+            if record.cost_usd:
+                self.engine.track(gate.record_spend(st.caller, record.cost_usd))
         metrics.child(metrics.tokens, "prompt", prompt_source).inc(record.prompt_tokens)
         if record.completion_tokens:
             metrics.child(metrics.tokens, "completion", completion_source).inc(
@@ -352,7 +408,7 @@ class RequestProcessor:
                 continue
             if found:
                 self._count_findings(tuple(found), direction)
-                record.findings += _stored(found, direction, segments)
+                record.findings += stored_findings(found, direction, segments)
                 record.finding_types = sorted({*record.finding_types, *finding_types(found)})
         self._store(record)
 
@@ -428,7 +484,7 @@ class RequestProcessor:
         st.usage = response_usage(parsed)
         st.completion_chars = sum(len(seg.text) for seg in segments)
         if st.record is not None:
-            st.record.findings += _stored(decision.findings, "response", segments)
+            st.record.findings += stored_findings(decision.findings, "response", segments)
             st.record.response = self._capture(segments, decision.findings)
         st.response_finding_types = finding_types(decision.findings)
         self._finish_record(None, _verdict_of(st, decision))
@@ -508,7 +564,7 @@ class RequestProcessor:
                 if late is not None:
                     st.late.append((late, "response", [segment]))
             if st.record is not None:
-                st.record.findings += _stored(tuple(st.stream_findings), "response", None)
+                st.record.findings += stored_findings(tuple(st.stream_findings), "response", None)
                 st.record.response = self._capture([segment], tuple(st.stream_findings), False)
             self._finish_record(None, "stopped" if out.stopped else _verdict_of(st))
         if out.stopped:
@@ -532,6 +588,14 @@ class RequestProcessor:
         return messages.immediate_response(
             status, body, {TRACE_HEADER: self.state.trace_id}, details="extproc"
         )
+
+    def denied(self, denial: Denial) -> pb.ProcessingResponse:
+        """Refused before the upstream (blocked IP, rate limit, budget, token cap)."""
+        st = self.state
+        self.engine.metrics.inc(self.engine.metrics.requests, denial.reason, st.dialect_label)
+        body = st.error_dialect.error_body(denial.status, denial.message, denial.code)
+        headers = {TRACE_HEADER: st.trace_id, **denial.headers}
+        return messages.immediate_response(denial.status, body, headers, details="extproc")
 
     def rejection(self, exc: Rejection) -> pb.ProcessingResponse:
         """The client-error answer for a request extproc refuses to analyse."""
@@ -581,9 +645,11 @@ def _continue(phase: str) -> pb.ProcessingResponse:
 
 
 _HIDDEN = (Category.PII, Category.SECRET)
+# Decisions under which the upstream never saw the request: nothing was spent.
+_NOT_FORWARDED = frozenset({Verdict.BLOCKED.value, "token_cap"})
 
 
-def _stored(
+def stored_findings(
     findings: Sequence[Finding], direction: str, segments: Sequence[Segment] | None
 ) -> list[StoredFinding]:
     out = []

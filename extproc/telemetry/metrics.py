@@ -187,6 +187,67 @@ class Metrics:
             multiprocess_mode="livesum",
         )
 
+        self.admission_denials = Counter(
+            "extproc_admission_denials",
+            "Requests refused before the upstream: ip_blocked, rate_limited, budget_exceeded, "
+            "token_cap.",
+            ["reason"],
+            registry=r,
+        )
+        self.completion_clamps = Counter(
+            "extproc_completion_clamps",
+            "Requests whose max_tokens was lowered to the completion token cap.",
+            registry=r,
+        )
+        self.spend_usd = Counter(
+            "extproc_spend_usd",
+            "Estimated spend of forwarded requests, from response usage and the price book.",
+            registry=r,
+        )
+        self.budget_events = Counter(
+            "extproc_budget_events",
+            "Budget limits crossed (soft: alert; hard: later requests refused), by window.",
+            ["window", "kind"],
+            registry=r,
+        )
+        self.authz_checks = Counter(
+            "extproc_authz_checks",
+            "ext_authz Check calls, by result (allowed, denied, error).",
+            ["result"],
+            registry=r,
+        )
+        self.reloads = Counter(
+            "extproc_config_reloads",
+            "Policy reloads (SIGHUP or file change): applied, or rejected (old policy kept).",
+            ["result"],
+            registry=r,
+        )
+        self.action_events = Counter(
+            "extproc_action_router_events",
+            "Action-router outcomes: offense (a request counted against its IP), ip_blocked "
+            "(an IP reached max_offenses), webhook_queued.",
+            ["event"],
+            registry=r,
+        )
+        self.webhook_deliveries = Counter(
+            "extproc_webhook_deliveries",
+            "Webhook payloads by outcome: delivered, failed (after retries), dropped "
+            "(queue full or given up at shutdown).",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_retries = Counter(
+            "extproc_webhook_retries",
+            "Webhook attempts after the first (errors, 5xx, 429).",
+            registry=r,
+        )
+        self.webhook_queue_depth = Gauge(
+            "extproc_webhook_queue_depth",
+            "Webhook payloads waiting for a worker.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+
     def child(self, metric: Any, *values: str) -> Any:
         """`metric.labels(*values)`, cached: label lookups were a tenth of the per-request cost."""
         key = (id(metric), values)

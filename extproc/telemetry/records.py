@@ -29,6 +29,7 @@ class RequestRecord:
     ttft_ms: float | None = None  # first model text seen in a streamed response
     latency_ms: float | None = None  # request headers to the end of the response
     source_ip: str | None = None
+    cost_usd: float | None = None  # from the price book, when the model's price is known
     findings: list[StoredFinding] = field(default_factory=list)
     prompt: str | None = None  # as `storage.capture_content` allows
     response: str | None = None
@@ -56,6 +57,7 @@ class RequestRecord:
             ttft_ms=self.ttft_ms,
             latency_ms=self.latency_ms,
             source_ip=self.source_ip,
+            estimated_cost_usd=self.cost_usd,
             findings=findings,
         )
 

@@ -67,10 +67,10 @@ class ExtprocThread:
 class EnvoyProcess:
     """A real Envoy running a rendered config."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, mode: str = "ext_proc") -> None:
         self.dir = tempfile.TemporaryDirectory(prefix="extproc-test-envoy-")
         path = Path(self.dir.name) / "envoy.yaml"
-        path.write_text(render_yaml(config), encoding="utf-8")
+        path.write_text(render_yaml(config, mode=mode), encoding="utf-8")  # type: ignore[arg-type]
         self.log = open(Path(self.dir.name) / "envoy.log", "w+b")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
@@ -116,7 +116,7 @@ class EnvoyProcess:
 class Stack:
     """Envoy + extproc + demo upstream with free ports; `url` is Envoy's listener."""
 
-    def __init__(self, overrides: dict[str, Any] | None = None) -> None:
+    def __init__(self, overrides: dict[str, Any] | None = None, mode: str = "ext_proc") -> None:
         self.upstream: DemoUpstream = start_demo_upstream()
         settings: dict[str, Any] = {
             "envoy.upstream_url": self.upstream.url,
@@ -130,7 +130,7 @@ class Stack:
         settings.update(overrides or {})
         self.config = load_config(environ={}, overrides=settings.items())
         self.extproc: ExtprocThread | None = ExtprocThread(self.config)
-        self.envoy = EnvoyProcess(self.config)
+        self.envoy = EnvoyProcess(self.config, mode)
         self.url = f"http://127.0.0.1:{self.config.envoy.listen_port}"
         self.admin_url = f"http://127.0.0.1:{self.config.server.admin_port}"
         self.client = httpx.Client(base_url=self.url, timeout=10)
@@ -160,9 +160,11 @@ class Stack:
 
 
 @contextlib.contextmanager
-def running_stack(overrides: dict[str, Any] | None = None) -> Iterator[Stack]:
-    """A Stack for the duration of a `with` block."""
-    stack = Stack(overrides)
+def running_stack(
+    overrides: dict[str, Any] | None = None, mode: str = "ext_proc"
+) -> Iterator[Stack]:
+    """A Stack for the duration of a `with` block (`mode`: ext_proc or ext_authz filter)."""
+    stack = Stack(overrides, mode)
     try:
         yield stack
     finally:

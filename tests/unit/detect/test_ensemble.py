@@ -35,9 +35,7 @@ def _ensemble(
         time.sleep(delay)
         if fail:
             raise RuntimeError("onnxruntime error")
-        return [
-            [Detection("injection", 0.97 if t == ATTACK else 0.01, 0, len(t))] for t in texts
-        ]
+        return [[Detection("injection", 0.97 if t == ATTACK else 0.01, 0, len(t))] for t in texts]
 
     slot = Slot("injection", "fake", 0.8)
     slot.batcher = MicroBatcher("fake", injection)
