@@ -7,10 +7,11 @@ request is judged the same way whichever filter Envoy runs. Counting that can wa
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import redis.asyncio as redis_asyncio
@@ -25,7 +26,13 @@ from extproc.dialects.tokens import (
 )
 from extproc.policy.actions import ActionRouter
 from extproc.policy.gate import Caller, Denial, TokenCheck
-from extproc.policy.limits import BudgetEvent, BudgetTracker, RateLimiter
+from extproc.policy.limits import (
+    BudgetEvent,
+    BudgetTracker,
+    BudgetVerdict,
+    RateLimiter,
+    RateVerdict,
+)
 from extproc.policy.pricing import PriceBook
 from extproc.telemetry.metrics import Metrics
 from extproc.telemetry.webhooks import WebhookSender
@@ -98,50 +105,62 @@ class Gate:
     async def admit(self, caller: Caller) -> Denial | None:
         """Header-time checks: blocked IP, rate limit, hard budget. None = go on."""
         config = self.config
-        if config.action_router.enabled and caller.source_ip:
-            left = await self.actions.is_blocked(caller.source_ip)
-            if left is not None:
-                return self._deny(
-                    Denial(
-                        403,
-                        "Your address is blocked for a while after repeated policy violations.",
-                        "ip_blocked",
-                        "ip_blocked",
-                        {"retry-after": _retry_after(left)},
-                    )
+        checks: list[Awaitable[Any]] = []
+        blocked = config.action_router.enabled and caller.source_ip is not None
+        limited = config.rate_limiting.enabled
+        budgeted = config.cost_caps.enabled and self._has_budgets(caller.agent_id)
+        if blocked:
+            checks.append(self.actions.is_blocked(caller.source_ip))
+        if limited:
+            checks.append(self.rate.check(caller.tenant_id))
+        if budgeted:
+            checks.append(self.budgets.check(caller.tenant_id, caller.agent_id))
+        if not checks:
+            return None
+        # One Redis round trip of latency instead of three. A request refused for its IP or
+        # budget still takes a rate token: it was a request, and a cheap one to refuse.
+        results = iter(await asyncio.gather(*checks))
+        left: float | None = next(results) if blocked else None
+        rate: RateVerdict | None = next(results) if limited else None
+        budget: BudgetVerdict | None = next(results) if budgeted else None
+        if left is not None:
+            return self._deny(
+                Denial(
+                    403,
+                    "Your address is blocked for a while after repeated policy violations.",
+                    "ip_blocked",
+                    "ip_blocked",
+                    {"retry-after": _retry_after(left)},
                 )
-        if config.rate_limiting.enabled:
-            verdict = await self.rate.check(caller.tenant_id)
-            if not verdict.allowed:
-                return self._deny(
-                    Denial(
-                        429,
-                        "Rate limit exceeded for this tenant; retry after "
-                        f"{_retry_after(verdict.retry_after_s)} s.",
-                        "rate_limit_exceeded",
-                        "rate_limited",
-                        {
-                            "retry-after": _retry_after(verdict.retry_after_s),
-                            "x-ratelimit-limit": str(verdict.limit),
-                            "x-ratelimit-remaining": "0",
-                        },
-                    )
+            )
+        if rate is not None and not rate.allowed:
+            return self._deny(
+                Denial(
+                    429,
+                    "Rate limit exceeded for this tenant; retry after "
+                    f"{_retry_after(rate.retry_after_s)} s.",
+                    "rate_limit_exceeded",
+                    "rate_limited",
+                    {
+                        "retry-after": _retry_after(rate.retry_after_s),
+                        "x-ratelimit-limit": str(rate.limit),
+                        "x-ratelimit-remaining": "0",
+                    },
                 )
-        if config.cost_caps.enabled and self._has_budgets(caller.agent_id):
-            budget = await self.budgets.check(caller.tenant_id, caller.agent_id)
-            if not budget.allowed:
-                who = "agent" if budget.scope == "agent" else "tenant"
-                limit = f"{budget.limit_usd:.2f}" if budget.limit_usd is not None else "?"
-                return self._deny(
-                    Denial(
-                        429,
-                        f"The {budget.window} budget of this {who} is spent "
-                        f"(${budget.spent_usd:.2f} of ${limit}).",
-                        "budget_exceeded",
-                        "budget_exceeded",
-                        {"retry-after": _retry_after(budget.retry_after_s)},
-                    )
+            )
+        if budget is not None and not budget.allowed:
+            who = "agent" if budget.scope == "agent" else "tenant"
+            limit = f"{budget.limit_usd:.2f}" if budget.limit_usd is not None else "?"
+            return self._deny(
+                Denial(
+                    429,
+                    f"The {budget.window} budget of this {who} is spent "
+                    f"(${budget.spent_usd:.2f} of ${limit}).",
+                    "budget_exceeded",
+                    "budget_exceeded",
+                    {"retry-after": _retry_after(budget.retry_after_s)},
                 )
+            )
         return None
 
     def _has_budgets(self, agent_id: str | None) -> bool:
