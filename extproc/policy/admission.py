@@ -23,6 +23,7 @@ from extproc.dialects.tokens import (
     clamp_completion_tokens,
     count_tokens,
     requested_completion_tokens,
+    tokenizer_name,
 )
 from extproc.policy.actions import ActionRouter
 from extproc.policy.gate import Caller, Denial, TokenCheck
@@ -283,7 +284,11 @@ class Gate:
         )
 
     async def start(self) -> None:
-        """Start background senders on the running loop."""
+        """Start background senders; load the tokenizer now if token caps may need it."""
+        caps = self.config.cost_caps
+        if caps.enabled and (caps.default_token_cap or any(a.token_cap for a in caps.agents)):
+            # ~1 s to load: paid at startup, not by the first capped request.
+            log.info("token caps count with %s", await asyncio.to_thread(tokenizer_name))
         if self.sender is not None:
             await self.sender.start()
 
