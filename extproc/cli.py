@@ -43,6 +43,13 @@ def _add_config_args(parser: argparse.ArgumentParser, *flags: str) -> None:
         help="YAML config file (default: $EXTPROC_CONFIG; none: built-in defaults)",
     )
     parser.add_argument(
+        "--runtime-config",
+        type=Path,
+        default=os.environ.get("EXTPROC_RUNTIME_CONFIG"),
+        help="feature-flag overlay written by the admin API (default: $EXTPROC_RUNTIME_CONFIG, "
+        "else config.runtime.yaml beside --config; none: flags kept in memory)",
+    )
+    parser.add_argument(
         "--set",
         dest="sets",
         action="append",
@@ -73,7 +80,18 @@ def _overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:
 
 
 def _resolve(args: argparse.Namespace) -> Config:
-    return load_config(args.config, overrides=_overrides(args))
+    return load_config(
+        args.config, overrides=_overrides(args), runtime_overlay=_runtime_overlay(args)
+    )
+
+
+def _runtime_overlay(args: argparse.Namespace) -> Path | None:
+    from extproc.features import default_overlay_path
+
+    explicit = getattr(args, "runtime_config", None)
+    if explicit is not None:
+        return Path(explicit)
+    return default_overlay_path(Path(args.config) if args.config else None)
 
 
 def _setup_logging(config: Config) -> None:
@@ -107,6 +125,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             worker_index=args.worker_index or 0,
             resolve=lambda: _resolve(args),
             config_path=config_path,
+            runtime_overlay=_runtime_overlay(args),
         )
     )
     return 0

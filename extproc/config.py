@@ -30,7 +30,7 @@ from extproc.detect.findings import Severity
 ENV_PREFIX = "EXTPROC_"
 ENV_NESTING = "__"
 # Variables the process reads itself, never part of the config tree.
-_ENV_NOT_CONFIG = {"EXTPROC_CONFIG"}
+_ENV_NOT_CONFIG = {"EXTPROC_CONFIG", "EXTPROC_RUNTIME_CONFIG"}
 
 
 class _Section(BaseModel):
@@ -516,6 +516,92 @@ class AuthzConfig(_Section):
     )
 
 
+class AuthConfig(_Section):
+    """API keys for the admin REST API (roles: admin, operator, viewer)."""
+
+    enabled: bool = Field(
+        False, description="Require `Authorization: Bearer <key>` on every route but /health."
+    )
+    admin_key: str | None = Field(
+        None,
+        min_length=16,
+        description="Bootstrap admin key (e.g. EXTPROC_AUTH__ADMIN_KEY); create the others "
+        "with POST /api/v1/auth/keys.",
+    )
+    metrics_public: bool = Field(True, description="Serve /metrics without a key.")
+
+    @model_validator(mode="after")
+    def _bootstrap(self) -> AuthConfig:
+        if self.enabled and not self.admin_key:
+            raise ValueError("auth.enabled needs auth.admin_key (the bootstrap admin key)")
+        return self
+
+
+class AlertChannelConfig(_Section):
+    """One alert destination with its own thresholds."""
+
+    type: Literal["webhook", "slack", "pagerduty", "email"]
+    url: str | None = Field(None, description="webhook and slack: where to POST.")
+    routing_key: str | None = Field(None, description="pagerduty: Events API v2 routing key.")
+    min_severity: SeverityLevel = Severity.HIGH
+    min_security_score: int = Field(0, ge=0, le=100, description="Finding confidence x 100.")
+
+    @model_validator(mode="after")
+    def _needs(self) -> AlertChannelConfig:
+        if self.type in ("webhook", "slack") and not self.url:
+            raise ValueError(f"a {self.type} channel needs url")
+        if self.type == "pagerduty" and not self.routing_key:
+            raise ValueError("a pagerduty channel needs routing_key")
+        return self
+
+
+class AlertsConfig(_Section):
+    """Alerts on findings, budget crossings and anomalies, sent off the request path."""
+
+    enabled: bool = False
+    webhook_url: str | None = Field(
+        None, description="Legacy single channel: a webhook with the top-level thresholds."
+    )
+    min_severity: SeverityLevel = Field(Severity.HIGH, description="For webhook_url.")
+    min_security_score: int = Field(0, ge=0, le=100, description="For webhook_url.")
+    cooldown_seconds: int = Field(
+        300, ge=0, description="One alert per finding type (per channel) within this time."
+    )
+    channels: list[AlertChannelConfig] = Field(default_factory=list)
+    timeout_ms: int = Field(5000, ge=1, description="Per delivery attempt.")
+    max_retries: int = Field(3, ge=0)
+    pagerduty_url: str = Field(
+        "https://events.pagerduty.com/v2/enqueue", description="Events API v2 endpoint."
+    )
+
+
+class AnomalyDetectionConfig(_Section):
+    """Per-tenant rolling statistics; outliers become findings and alert events."""
+
+    enabled: bool = False
+    window_size: int = Field(100, ge=2, description="Recent observations per tenant and metric.")
+    sigma_threshold: float = Field(3.0, gt=0, description="Flag values above mean + k*stddev.")
+    min_samples: int = Field(
+        10, ge=2, description="Observations needed before a tenant's baseline is trusted."
+    )
+    check_cost: bool = True
+    check_tokens: bool = True
+    check_velocity: bool = True
+    check_latency: bool = True
+    velocity_interval_seconds: int = Field(
+        60, ge=1, description="Requests are counted per interval for the velocity check."
+    )
+
+
+class CircuitBreakerConfig(_Section):
+    """Trips security analysis and storage to pass-through after repeated failures."""
+
+    enabled: bool = True
+    failure_threshold: int = Field(10, ge=1, description="Consecutive failures that open it.")
+    recovery_timeout_ms: int = Field(30000, ge=1, description="Open this long, then probe.")
+    half_open_max_calls: int = Field(3, ge=1, description="Successful probes that close it again.")
+
+
 class ShutdownConfig(_Section):
     """Graceful shutdown (config guide name)."""
 
@@ -549,6 +635,10 @@ class Config(_Section):
     cost_caps: CostCapsConfig = Field(default_factory=CostCapsConfig)
     action_router: ActionRouterConfig = Field(default_factory=ActionRouterConfig)
     authz: AuthzConfig = Field(default_factory=AuthzConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    anomaly_detection: AnomalyDetectionConfig = Field(default_factory=AnomalyDetectionConfig)
+    circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
@@ -587,12 +677,17 @@ def load_config(
     *,
     environ: Mapping[str, str] | None = None,
     overrides: Iterable[tuple[str, Any]] = (),
+    runtime_overlay: Path | None = None,
 ) -> Config:
-    """Resolve the configuration from a file, EXTPROC_* variables and CLI overrides."""
+    """Resolve the configuration: file → runtime feature overlay → EXTPROC_* → CLI overrides."""
+    from extproc.features import overlay_settings
+
     problems: list[str] = []
     tree: dict[str, Any] = {}
     if path is not None:
         tree = _read_yaml(Path(path), problems)
+    for dotted, value in overlay_settings(runtime_overlay):
+        _set_dotted(tree, dotted, value, f"runtime overlay {runtime_overlay}", problems)
     env = os.environ if environ is None else environ
     for dotted, value, origin in _env_overrides(env):
         _set_dotted(tree, dotted, value, origin, problems)
@@ -734,10 +829,33 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def dump_config(config: Config, *, mask_secrets: bool = False) -> str:
-    """The resolved configuration as YAML (`mask_secrets` for `extproc validate`'s output)."""
+def masked_config(config: Config) -> dict[str, Any]:
+    """The resolved configuration as JSON data with passwords, keys and hook URLs masked."""
     data = config.model_dump(mode="json")
     url = data["storage"].get("postgres_url")
-    if mask_secrets and url:
+    if url:
         data["storage"]["postgres_url"] = mask_url(url)
+    if data["auth"].get("admin_key"):
+        data["auth"]["admin_key"] = "***"
+    alerts = data["alerts"]
+    if alerts.get("webhook_url"):
+        alerts["webhook_url"] = _mask_path(alerts["webhook_url"])
+    for channel in alerts["channels"]:
+        if channel.get("url"):
+            channel["url"] = _mask_path(channel["url"])  # Slack hook URLs are credentials
+        if channel.get("routing_key"):
+            channel["routing_key"] = "***"
+    return data
+
+
+def _mask_path(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(mask_url(url))
+    return urlunsplit(parts._replace(path="/***" if parts.path else "", query=""))
+
+
+def dump_config(config: Config, *, mask_secrets: bool = False) -> str:
+    """The resolved configuration as YAML (`mask_secrets` for `extproc validate`'s output)."""
+    data = masked_config(config) if mask_secrets else config.model_dump(mode="json")
     return yaml.safe_dump(data, sort_keys=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import re
 import time
@@ -192,6 +193,25 @@ class Ensemble:
             max_wait_us=self.config.ml_max_wait_us,
             on_batch=observed,
         )
+
+    def view(self, config: SecurityAnalysisConfig) -> Ensemble:
+        """The loaded models that `config` still switches on (runtime flags); no reloading.
+
+        Turning a model on that was not loaded at startup needs a restart.
+        """
+        switches = {
+            "injection": config.ml_enabled,
+            "jailbreak": config.jailbreak_enabled,
+            "ner": config.ner_enabled,
+            "toxicity": config.toxicity_enabled,
+        }
+        other = copy.copy(self)
+        other.slots = {
+            role: slot
+            for role, slot in self.slots.items()
+            if config.ml_enabled and switches.get(role, True)
+        }
+        return other
 
     # -- status ------------------------------------------------------------------------------
     @property

@@ -45,6 +45,7 @@ class Category(StrEnum):
     SECRET = "secret"
     PII = "pii"
     TOXICITY = "toxicity"
+    ANOMALY = "anomaly"  # per-tenant statistical outliers (cost, tokens, velocity, latency)
 
 
 class Role(StrEnum):

@@ -325,6 +325,11 @@ class ActionRouter:
     def _key(self, ip: str, kind: str) -> str:
         return f"{self.prefix}ipblock:{{{ip}}}:{kind}"
 
+    @property
+    def degraded(self) -> bool:
+        """True while Redis is unreachable and IP blocks are kept in this process."""
+        return self.redis is not None and self._degraded(self.clock())
+
     def _degraded(self, now: float) -> bool:
         return now < self._down_until
 

@@ -89,6 +89,14 @@ class Gate:
             )
         return cls(config, metrics, redis=client)
 
+    def redis_status(self) -> dict[str, Any]:
+        """For /health: Redis configured, and whether counting fell back to this process."""
+        if self.redis is None:
+            return {"status": "ok", "configured": False}
+        local = self.rate.degraded or self.budgets.degraded or self.actions.degraded
+        # Limits still hold per process while Redis is away: degraded, not down.
+        return {"status": "degraded" if local else "ok", "configured": True, "fallback": local}
+
     def reconfigure(self, config: Config) -> None:
         """Apply new limits, prices and action rules; counters and blocks carry over."""
         prices = PriceBook.from_config(config.cost_estimation)  # raises before anything changes

@@ -68,6 +68,11 @@ class _RedisGuard:
         self._down_until = 0.0
         self._down = False
 
+    @property
+    def falling_back(self) -> bool:
+        """True while a Redis failure has this process counting on its own."""
+        return self.redis is not None and self.clock() < self._down_until
+
     def usable(self) -> bool:
         """True when there is a Redis and it is not in its retry pause."""
         return self.redis is not None and self.clock() >= self._down_until
@@ -149,6 +154,11 @@ class _LocalBuckets:
 
 class RateLimiter:
     """A token bucket per tenant: `burst_size` at once, `requests_per_second` sustained."""
+
+    @property
+    def degraded(self) -> bool:
+        """True while Redis is unreachable and this process counts locally."""
+        return self._guard.falling_back
 
     def __init__(
         self,
@@ -282,6 +292,11 @@ def _window_sum(
 
 class BudgetTracker:
     """Spend per tenant and per capped agent over rolling windows; hard caps deny, soft alert."""
+
+    @property
+    def degraded(self) -> bool:
+        """True while Redis is unreachable and this process counts locally."""
+        return self._guard.falling_back
 
     def __init__(
         self,

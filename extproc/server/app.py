@@ -20,6 +20,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from extproc import __version__
 from extproc.admin.app import create_admin_app
+from extproc.admin.context import AdminContext
 from extproc.config import Config
 from extproc.detect.ensemble import Ensemble
 from extproc.detect.scanner import Scanner
@@ -30,8 +31,11 @@ from extproc.server.authz import Authorizer
 from extproc.server.authz_policy import AuthzDecider
 from extproc.server.processor import Engine, ExternalProcessor
 from extproc.server.reload import Reloader
-from extproc.storage.factory import Storage, open_metadata, open_storage
+from extproc.storage.factory import Storage, open_metadata, open_storage, open_store
 from extproc.storage.metadata import MetadataStore
+from extproc.storage.stores import TraceStore
+from extproc.telemetry.alerts import AlertManager, budget_alert
+from extproc.telemetry.anomaly import AnomalyDetector
 from extproc.telemetry.metrics import Metrics
 
 log = logging.getLogger("extproc.server")
@@ -50,12 +54,16 @@ def build_engine(config: Config, metrics: Metrics | None = None) -> Engine:
     engine = Engine(config, Inspector(config, scanner, ensemble), metrics)
     engine.ensemble = ensemble
     engine.gate = Gate.build(config, metrics)
+    engine.alerts = AlertManager(config.alerts, metrics)
+    engine.anomaly = AnomalyDetector(config.anomaly_detection, metrics)
     return engine
 
 
 # Settings read once at start; a reload that changes them is applied only after a restart.
 _RESTART_ONLY = ("server", "envoy", "storage", "shutdown", "logging", "authz")
 _RESTART_ONLY_ANALYSIS = ("ml_", "jailbreak_", "ner_", "toxicity_", "operating_point")
+# Model switches apply at once (to models loaded at startup): runtime feature flags.
+_RUNTIME_SWITCHES = ("ml_enabled", "jailbreak_enabled", "ner_enabled", "toxicity_enabled")
 
 
 def restart_only_changes(old: Config, new: Config) -> list[str]:
@@ -63,6 +71,8 @@ def restart_only_changes(old: Config, new: Config) -> list[str]:
     changed = [name for name in _RESTART_ONLY if getattr(old, name) != getattr(new, name)]
     old_sa, new_sa = old.security_analysis, new.security_analysis
     for name in type(old_sa).model_fields:
+        if name in _RUNTIME_SWITCHES:
+            continue
         if name.startswith(_RESTART_ONLY_ANALYSIS) and getattr(old_sa, name) != getattr(
             new_sa, name
         ):
@@ -101,7 +111,8 @@ class ServerHandle:
     admin_task: asyncio.Task[None] | None = None
     storage: Storage | None = None
     started: float = field(default_factory=time.time)
-    metadata: MetadataStore | None = None  # alert events (budget crossings) are kept here
+    metadata: MetadataStore | None = None  # keys, tenants, reports, audit and alert events
+    api_store: TraceStore | None = None  # the admin API's own reader of the trace store
     reloads: int = 0
 
     def health(self) -> dict[str, Any]:
@@ -116,6 +127,24 @@ class ServerHandle:
             ml = ensemble.status()
             # Missing models leave regex analysis running: degraded (HTTP 200), never down.
             components["ml"] = {"status": "ok" if not ml["degraded"] else "degraded", **ml}
+        if self.engine.gate is not None:
+            components["redis"] = self.engine.gate.redis_status()
+        if self.engine.writer is not None:
+            components["storage"] = {
+                "status": "ok",
+                "profile": self.engine.config.storage.profile,
+                "queued": self.engine.writer.depth,
+            }
+        if self.engine.alerts is not None and self.engine.alerts.config.enabled:
+            # Failed deliveries are counted there; they never make the server unready.
+            components["alerts"] = {"status": "ok", **self.engine.alerts.status()}
+        breakers = {"analysis": self.engine.breaker.status()}
+        if self.engine.writer is not None:
+            breakers["storage"] = self.engine.writer.breaker.status()
+        # A tripped breaker passes requests unscanned (or refuses them, fail-closed) and
+        # journals traces: the process still serves, so degraded (HTTP 200), never down.
+        tripped = any(b["state"] != "closed" for b in breakers.values())
+        components["circuit_breakers"] = {"status": "degraded" if tripped else "ok", **breakers}
         states = {c["status"] for c in components.values()}
         status = "down" if "down" in states else ("degraded" if "degraded" in states else "ok")
         return {
@@ -136,7 +165,12 @@ class ServerHandle:
             scanner = Scanner.load(config.security_analysis.rule_files or None)
         if old.gate is not None:
             old.gate.reconfigure(config)
-        engine = old.derive(config, Inspector(config, scanner, old.ensemble))
+        if old.alerts is not None:
+            old.alerts.reconfigure(config.alerts)
+        if old.anomaly is not None:
+            old.anomaly.reconfigure(config.anomaly_detection)
+        ensemble = old.ensemble.view(config.security_analysis) if old.ensemble else None
+        engine = old.derive(config, Inspector(config, scanner, ensemble))
         self.engine.metrics.rules_loaded.set(scanner.rule_count)
         self.engine = engine
         self.processor.engine = engine
@@ -150,7 +184,9 @@ class ServerHandle:
             log.info("reloaded: %d rules", scanner.rule_count)
 
     def _alert_event(self, event: BudgetEvent) -> None:
-        """Keep a budget crossing as an alert event (the alerting issue sends them on)."""
+        """Send a budget crossing to the alert channels and keep it as an alert event."""
+        if self.engine.alerts is not None:
+            self.engine.alerts.submit(budget_alert(event, trace_id=None, timestamp=time.time()))
         if self.metadata is None:
             return
         created = time.time()
@@ -177,11 +213,14 @@ class ServerHandle:
         await self.engine.drain(self.engine.timeout)
         if self.engine.gate is not None:
             await self.engine.gate.close()
+        if self.engine.alerts is not None:
+            await self.engine.alerts.close()
         if self.engine.ensemble is not None:
             self.engine.ensemble.close()
-        close = getattr(self.metadata, "close", None)
-        if close is not None:
-            close()
+        for owned in (self.metadata, self.api_store):
+            close = getattr(owned, "close", None)
+            if close is not None:
+                close()
         if self.storage is not None:
             # After the last stream, so every finished request is queued before the drain.
             timeout = self.engine.config.shutdown.timeout_seconds
@@ -192,14 +231,57 @@ class ServerHandle:
             await self.admin_task
 
 
+async def _admin_context(
+    handle: ServerHandle, *, resolve: Callable[[], Config] | None, runtime_overlay: Path | None
+) -> AdminContext:
+    engine = handle.engine
+    config = engine.config
+    store: TraceStore | None = None
+    if config.enable_trace_storage and handle.storage is not None:
+        # The memory store exists once; file and database stores get a reader of their own.
+        if config.storage.profile == "memory":
+            store = handle.storage.store
+        else:
+            store = await asyncio.to_thread(open_store, config)
+            handle.api_store = store
+    loop = asyncio.get_running_loop()
+
+    def apply_config(new: Config) -> None:
+        # Called from the admin API's worker threads; the swap happens on the event loop.
+        scanner = Scanner.load(new.security_analysis.rule_files or None)
+
+        async def swap() -> None:
+            handle.reload(new, scanner)
+
+        asyncio.run_coroutine_threadsafe(swap(), loop).result(30)
+
+    assert handle.metadata is not None
+    return AdminContext(
+        config=lambda: handle.engine.config,
+        metrics=engine.metrics,
+        health=handle.health,
+        metadata=handle.metadata,
+        store=store,
+        apply_config=apply_config,
+        resolve=resolve,
+        runtime_overlay=runtime_overlay,
+    )
+
+
 async def start_servers(
     config: Config,
     *,
     grpc_port: int | None = None,
     admin: bool = True,
     engine: Engine | None = None,
+    resolve: Callable[[], Config] | None = None,
+    runtime_overlay: Path | None = None,
 ) -> ServerHandle:
-    """Start the gRPC server (and admin HTTP) on the running loop; return a handle."""
+    """Start the gRPC server (and admin HTTP) on the running loop; return a handle.
+
+    `resolve` re-reads the configuration's sources and `runtime_overlay` is where feature
+    flags set through the admin API persist (None: in memory only).
+    """
     engine = engine or build_engine(config)
     server = grpc.aio.server(options=grpc_options(config))
     processor = ExternalProcessor(engine)
@@ -220,14 +302,18 @@ async def start_servers(
             failure_mode=config.server.failure_mode,
         )
         authz_grpc.add_AuthorizationServicer_to_server(authorizer, server)
+    # Keys, tenants, reports and alert events live here even when traces are not stored.
+    handle.metadata = await asyncio.to_thread(open_metadata, engine.config)
     if engine.gate is not None:
         await engine.gate.start()
-        if engine.config.enable_trace_storage:
-            handle.metadata = await asyncio.to_thread(open_metadata, engine.config)
         engine.gate.budget_listeners.append(handle._alert_event)
+    if engine.alerts is not None:
+        await engine.alerts.start()
     await server.start()
     if admin:
-        app = create_admin_app(handle.health, engine.metrics)
+        app = create_admin_app(
+            await _admin_context(handle, resolve=resolve, runtime_overlay=runtime_overlay)
+        )
         uv_config = uvicorn.Config(
             app,
             host=config.server.admin_host,
@@ -266,6 +352,7 @@ async def serve(
     worker_index: int = 0,
     resolve: Callable[[], Config] | None = None,
     config_path: Path | None = None,
+    runtime_overlay: Path | None = None,
 ) -> None:
     """Run until SIGINT/SIGTERM, then drain open streams for `server.grace_seconds`.
 
@@ -273,7 +360,11 @@ async def serve(
     With `resolve`, SIGHUP and changes to the config, rule or pricing files reload the policy.
     """
     handle = await start_servers(
-        config, grpc_port=config.server.grpc_port + worker_index, admin=worker_index == 0
+        config,
+        grpc_port=config.server.grpc_port + worker_index,
+        admin=worker_index == 0,
+        resolve=resolve,
+        runtime_overlay=runtime_overlay,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

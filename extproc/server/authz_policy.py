@@ -8,6 +8,7 @@ with a message saying what to change, and a flag-only finding travels as headers
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 from extproc.dialects.base import DialectError, Segment
 from extproc.dialects.routing import dialect_for_path, parse_json
+from extproc.policy.breaker import CircuitOpen
 from extproc.policy.decision import Decision, Verdict, finding_types
 from extproc.policy.gate import Admission, AuthzInput, Caller, Denial
 from extproc.server.processor import (
@@ -86,10 +88,17 @@ class AuthzDecider:
                 return self._deny(engine, tokens.denial, trace_id, request.path)
         if not (engine.analysis_enabled and engine.config.authz.scan_body):
             return Admission(None, allow_headers, (FLAGGED_HEADER, FINDINGS_HEADER), trace_id)
-        inspection = await engine.inspector.request(segments, parsed, None)
+        try:
+            inspection = await engine.breaker.call(
+                functools.partial(engine.inspector.request, segments, parsed, None)
+            )
+        except CircuitOpen:
+            return self._unanalysed(engine, trace_id, dialect.name, allow_headers, request.path)
         decision = inspection.decision
         for f in decision.findings:
             engine.metrics.inc(engine.metrics.findings, f.type, str(f.severity), "request")
+        if decision.findings and engine.alerts is not None:
+            engine.alerts.findings(decision.findings, tenant_id=caller.tenant_id, trace_id=trace_id)
         if decision.findings and gate is not None:
             engine.track(gate.act_on(caller, trace_id, decision.findings))
         self._record(engine, caller, trace_id, dialect.name, decision, segments)
@@ -132,6 +141,23 @@ class AuthzDecider:
         label = dialect.name if dialect is not None else "unknown"
         engine.metrics.inc(engine.metrics.requests, denial.reason, label)
         return Admission(denial, trace_id=trace_id)
+
+    @staticmethod
+    def _unanalysed(
+        engine: Engine, trace_id: str, dialect: str, allow_headers: dict[str, str], path: str
+    ) -> Admission:
+        """The analysis breaker is open: allow unscanned, or refuse with 503 (fail-closed)."""
+        if engine.config.server.failure_mode == "closed":
+            denial = Denial(
+                503,
+                "Security analysis is temporarily unavailable; request refused (fail-closed).",
+                "analysis_unavailable",
+                "analysis_unavailable",
+            )
+            return AuthzDecider._deny(engine, denial, trace_id, path)
+        engine.metrics.inc(engine.metrics.unscanned, "request", "circuit_open")
+        engine.metrics.inc(engine.metrics.requests, "unscanned", dialect)
+        return Admission(None, allow_headers, (FLAGGED_HEADER, FINDINGS_HEADER), trace_id)
 
     @staticmethod
     def _record(

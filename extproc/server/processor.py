@@ -35,6 +35,7 @@ from extproc.dialects.stream import Usage, decoder_for_path
 from extproc.dialects.usage import estimate_tokens, merge_usage, request_model, response_usage
 from extproc.policy.actions import client_ip
 from extproc.policy.admission import Gate
+from extproc.policy.breaker import CircuitBreaker, CircuitOpen
 from extproc.policy.decision import (
     Decision,
     Verdict,
@@ -51,6 +52,8 @@ from extproc.server.streaming import SseRelay
 from extproc.server.tenancy import TENANCY_HEADERS, agent_from_headers, tenant_from_headers
 from extproc.storage.model import StoredFinding
 from extproc.storage.writer import TraceWriter
+from extproc.telemetry.alerts import AlertManager
+from extproc.telemetry.anomaly import AnomalyDetector
 from extproc.telemetry.metrics import Metrics
 from extproc.telemetry.records import RecentRecords, RequestRecord
 
@@ -126,14 +129,24 @@ class StreamState:
 class Engine:
     """Shared, immutable per-process state: config, inspector, metrics."""
 
-    def __init__(self, config: Config, inspector: Inspector, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        config: Config,
+        inspector: Inspector,
+        metrics: Metrics,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
         self.config = config
         self.inspector = inspector
         self.metrics = metrics
+        # Trips analysis to pass-through (or refusal, fail-closed) after repeated failures.
+        self.breaker = breaker or CircuitBreaker("analysis", config.circuit_breaker, metrics)
         self.records = RecentRecords()
         self.writer: TraceWriter | None = None  # set by the app when storage is configured
         self.ensemble: Ensemble | None = None  # set by the app; for /health and shutdown
         self.gate: Gate | None = None  # set by the app: rate limits, budgets, caps, actions
+        self.alerts: AlertManager | None = None  # set by the app: findings -> alert channels
+        self.anomaly: AnomalyDetector | None = None  # set by the app: per-tenant outliers
         self.analysis_enabled = config.enable_security_analysis
         self.output_enabled = config.enable_security_analysis and config.output_safety.enabled
         streaming = config.streaming_analysis
@@ -162,11 +175,15 @@ class Engine:
         Streams already open keep the engine they started with, so a reload never changes
         the rules halfway through a request.
         """
-        engine = Engine(config, inspector, self.metrics)
+        # One breaker across reloads: a reload must not forget that analysis is failing.
+        self.breaker.configure(config.circuit_breaker)
+        engine = Engine(config, inspector, self.metrics, self.breaker)
         engine.records = self.records
         engine.writer = self.writer
         engine.ensemble = self.ensemble
         engine.gate = self.gate
+        engine.alerts = self.alerts
+        engine.anomaly = self.anomaly
         engine._background = self._background
         return engine
 
@@ -272,7 +289,16 @@ class RequestProcessor:
             return messages.request_body_response(dump_json(parsed) if clamped else None)
         if self.engine.reversible and parsed is not None:
             st.placeholders = Placeholders()
-        inspection = await self.engine.inspector.request(segments, parsed, st.placeholders)
+        try:
+            inspection = await engine.breaker.call(
+                functools.partial(engine.inspector.request, segments, parsed, st.placeholders)
+            )
+        except CircuitOpen:
+            if engine.config.server.failure_mode == "closed":
+                return self._unanalysed("request_body")
+            self._start_record(parsed, segments)
+            forward = self._ask_for_usage(parsed) or clamped
+            return self._unanalysed("request_body", dump_json(parsed) if forward else None)
         self._expect_late(inspection, "request", segments)
         decision = inspection.decision
         st.request_decision = decision
@@ -373,6 +399,8 @@ class RequestProcessor:
             )
             if record.cost_usd:
                 self.engine.track(gate.record_spend(st.caller, record.cost_usd))
+        if self.engine.anomaly is not None and decision not in _NOT_FORWARDED:
+            self._observe(record)
         metrics.child(metrics.tokens, "prompt", prompt_source).inc(record.prompt_tokens)
         if record.completion_tokens:
             metrics.child(metrics.tokens, "completion", completion_source).inc(
@@ -384,6 +412,28 @@ class RequestProcessor:
             st.late = []
             return
         self._store(record)
+
+    def _observe(self, record: RequestRecord) -> None:
+        """Per-tenant anomaly check of a finished request; outliers become findings + alerts."""
+        assert self.engine.anomaly is not None
+        tokens = (record.prompt_tokens or 0) + (record.completion_tokens or 0)
+        anomalies = self.engine.anomaly.observe(
+            tenant_id=record.tenant_id,
+            cost_usd=record.cost_usd,
+            tokens=tokens or None,
+            latency_ms=record.latency_ms,
+        )
+        if not anomalies:
+            return
+        found = [a.to_finding() for a in anomalies]
+        record.findings += stored_findings(found, "request", None)
+        record.finding_types = sorted({*record.finding_types, *finding_types(found)})
+        counter = self.engine.metrics.findings
+        for f in found:
+            self.engine.metrics.inc(counter, f.type, str(f.severity), "request")
+        if self.engine.alerts is not None:
+            for anomaly in anomalies:
+                self.engine.alerts.submit(anomaly.to_alert(record.trace_id))
 
     def _store(self, record: RequestRecord) -> None:
         self.engine.records.add(record)
@@ -470,7 +520,13 @@ class RequestProcessor:
             self.engine.metrics.inc(self.engine.metrics.unscanned, "response", "unparsed")
             self._finish_record(None, _verdict_of(st))
             return messages.response_body_response()
-        inspection = await self.engine.inspector.response(segments, parsed, self._placeholders())
+        engine = self.engine
+        try:
+            inspection = await engine.breaker.call(
+                functools.partial(engine.inspector.response, segments, parsed, self._placeholders())
+            )
+        except CircuitOpen:
+            return self._unanalysed("response_body")
         self._expect_late(inspection, "response", segments)
         decision = inspection.decision
         self._count_findings(decision.findings, "response")
@@ -606,6 +662,27 @@ class RequestProcessor:
         )
         return self._error(exc.status, str(exc), code=code)
 
+    def _unanalysed(self, phase: str, body: bytes | None = None) -> pb.ProcessingResponse:
+        """The analysis breaker is open: pass the body unscanned, or refuse it (fail-closed)."""
+        st = self.state
+        metrics = self.engine.metrics
+        counter = metrics.requests if phase == "request_body" else metrics.responses
+        if self.engine.config.server.failure_mode == "closed":
+            metrics.inc(counter, "analysis_unavailable", st.dialect_label)
+            self._finish_record(503, "analysis_unavailable")
+            return self._error(
+                503,
+                "Security analysis is temporarily unavailable; request refused (fail-closed).",
+                code="analysis_unavailable",
+            )
+        direction = "request" if phase == "request_body" else "response"
+        metrics.inc(metrics.unscanned, direction, "circuit_open")
+        metrics.inc(counter, "unscanned", st.dialect_label)
+        if phase == "request_body":
+            return messages.request_body_response(body)
+        self._finish_record(None, _verdict_of(st))
+        return messages.response_body_response()
+
     def failure(self, phase: str, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
         """Our own bug or a timeout: fail this one request per failure_mode, never the server."""
         mode = self.engine.config.server.failure_mode
@@ -627,9 +704,13 @@ class RequestProcessor:
         return _continue(phase)
 
     def _count_findings(self, findings: tuple[Finding, ...], direction: str) -> None:
+        """Count findings and hand them to the alert channels (which filter and dedupe)."""
         counter = self.engine.metrics.findings
         for f in findings:
             self.engine.metrics.inc(counter, f.type, str(f.severity), direction)
+        if findings and self.engine.alerts is not None:
+            st = self.state
+            self.engine.alerts.findings(findings, tenant_id=st.tenant_id, trace_id=st.trace_id)
 
 
 def _continue(phase: str) -> pb.ProcessingResponse:

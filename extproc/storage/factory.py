@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from extproc.config import Config
+from extproc.policy.breaker import CircuitBreaker
 from extproc.storage.cache import (
     CounterCache,
     FallbackCounterCache,
@@ -65,6 +66,7 @@ def open_storage(config: Config, metrics: Metrics, *, instance: str) -> Storage:
         retention_seconds=(
             None if settings.retention_days is None else settings.retention_days * 86400
         ),
+        breaker=CircuitBreaker("storage", config.circuit_breaker, metrics),
     )
     writer.start()
     return Storage(store, journal, writer)

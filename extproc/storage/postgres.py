@@ -21,11 +21,24 @@ import orjson
 from extproc.storage.migrations import migration_files
 from extproc.storage.model import SpanRecord, StoredFinding
 from extproc.storage.stores import (
+    _FINDING_FIELDS,
     _SPAN_COLUMNS,
+    FindingRow,
     SpanQuery,
+    SpanStats,
+    Statement,
+    Totals,
+    finding_count,
+    finding_from_row,
     finding_rows,
+    finding_select,
+    span_count,
     span_rows,
     span_select,
+    stats_from_rows,
+    stats_statements,
+    totals_from_row,
+    totals_select,
 )
 
 log = logging.getLogger("extproc.storage")
@@ -124,6 +137,11 @@ async def migrate_postgres(
             )
 
 
+def _dollar(n: int) -> str:
+    """PostgreSQL's placeholder for argument n."""
+    return f"${n}"
+
+
 class PostgresTraceStore:
     """PostgreSQL through one asyncpg connection, reopened after any failure."""
 
@@ -174,6 +192,47 @@ class PostgresTraceStore:
     def query(self, query: SpanQuery) -> list[SpanRecord]:
         """Spans matching every given filter, newest first, paginated."""
         return self._call(self._with_connection(lambda conn: self._query(conn, query)))
+
+    def count(self, query: SpanQuery) -> int:
+        """How many spans match (limit and offset ignored)."""
+        return int(self._fetchrow(span_count(query, _dollar))[0])
+
+    def findings(self, query: SpanQuery) -> list[FindingRow]:
+        """Finding rows of matching spans, newest span first, paginated per finding."""
+        sql, args = finding_select(query, _dollar)
+
+        async def run(conn: asyncpg.Connection) -> list[FindingRow]:
+            return [finding_from_row(tuple(row)) for row in await conn.fetch(sql, *args)]
+
+        return self._call(self._with_connection(run))
+
+    def count_findings(self, query: SpanQuery) -> int:
+        """How many finding rows `findings` would list without pagination."""
+        return int(self._fetchrow(finding_count(query, _dollar))[0])
+
+    def totals(self, query: SpanQuery) -> Totals:
+        """Request count, token and cost sums of matching spans."""
+        return totals_from_row(self._fetchrow(totals_select(query, _dollar)))
+
+    def stats(self, query: SpanQuery, *, top: int = 10) -> SpanStats:
+        """Aggregates of matching spans: one GROUP BY each, in one read-only snapshot."""
+        statements = stats_statements(query, _dollar, top)
+
+        async def run(conn: asyncpg.Connection) -> list[list[tuple[Any, ...]]]:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                return [
+                    [tuple(row) for row in await conn.fetch(sql, *args)] for sql, args in statements
+                ]
+
+        return stats_from_rows(self._call(self._with_connection(run)))
+
+    def _fetchrow(self, statement: Statement) -> tuple[Any, ...]:
+        sql, args = statement
+
+        async def run(conn: asyncpg.Connection) -> tuple[Any, ...]:
+            return tuple(await conn.fetchrow(sql, *args))
+
+        return self._call(self._with_connection(run))
 
     def purge(self, before: float) -> int:
         """Delete traces created before `before` (unix seconds); spans and findings cascade."""
@@ -298,18 +357,21 @@ class PostgresTraceStore:
                 )
 
     async def _query(self, conn: asyncpg.Connection, query: SpanQuery) -> list[SpanRecord]:
-        sql, args = span_select(query, lambda n: f"${n}")
-        rows = await conn.fetch(sql, *args)
-        if not rows:
-            return []
-        # One query for the whole page's findings rather than one per span.
-        found: dict[str, list[StoredFinding]] = {}
-        for f in await conn.fetch(
-            "SELECT span_id, type, category, severity, confidence, location, rule_id, detector "
-            "FROM findings WHERE span_id = ANY($1::text[]) ORDER BY span_id, idx",
-            [row["span_id"] for row in rows],
-        ):
-            found.setdefault(f["span_id"], []).append(StoredFinding(*tuple(f)[1:]))
+        sql, args = span_select(query, _dollar)
+        # The page and its findings from one snapshot: a span replaced in between would
+        # otherwise come back with another version's findings.
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            rows = await conn.fetch(sql, *args)
+            if not rows:
+                return []
+            # One query for the whole page's findings rather than one per span.
+            found: dict[str, list[StoredFinding]] = {}
+            for f in await conn.fetch(
+                f"SELECT span_id, {', '.join(_FINDING_FIELDS)} "
+                "FROM findings WHERE span_id = ANY($1::text[]) ORDER BY span_id, idx",
+                [row["span_id"] for row in rows],
+            ):
+                found.setdefault(f["span_id"], []).append(StoredFinding(*tuple(f)[1:]))
         spans = []
         for row in rows:
             values = dict(row)

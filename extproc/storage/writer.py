@@ -6,6 +6,10 @@ again. While the journal holds anything, new batches are appended behind it rath
 written directly, so records reach the store in the order they were produced. Upserts by
 span id make a replay that repeats a batch harmless. Nothing is dropped unless the local
 disk itself refuses the journal, and that is counted.
+
+A circuit breaker (`circuit_breaker` settings) stops the writer from hammering a store that
+keeps failing: while it is open, batches go straight to the journal and no replay is tried;
+once `recovery_timeout_ms` has passed, a replayed batch probes the store (half-open).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import time
 from collections import deque
 from collections.abc import Sequence
 
+from extproc.config import CircuitBreakerConfig
+from extproc.policy.breaker import CircuitBreaker
 from extproc.storage.journal import Journal
 from extproc.storage.model import SpanRecord
 from extproc.storage.stores import TraceStore
@@ -40,6 +46,7 @@ class TraceWriter:
         retry_interval: float = 1.0,
         retention_seconds: float | None = None,
         purge_interval: float = 3600.0,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.store = store
         self.journal = journal
@@ -56,6 +63,7 @@ class TraceWriter:
         self.retention_seconds = retention_seconds
         self.purge_interval = purge_interval
         self._purge_at = time.monotonic()  # first purge soon after start
+        self.breaker = breaker or CircuitBreaker("storage", CircuitBreakerConfig(), metrics)
 
     # -- the request path ------------------------------------------------------------------
     def submit(self, span: SpanRecord) -> None:
@@ -129,12 +137,18 @@ class TraceWriter:
         if self.journal is not None and self.journal.pending():
             self._spill(batch)  # keep order: older records are still in the journal
             return
+        # With no journal to spill to, trying the store is the batch's only chance.
+        if self.journal is not None and not self.breaker.allow():
+            self._spill(batch)  # the store keeps failing: don't wait on it, journal it
+            return
         try:
             self.store.write(batch)
         except Exception as exc:  # any store failure: the journal keeps the batch
+            self.breaker.failure()
             self._note_failure(exc)
             self._spill(batch)
             return
+        self.breaker.success()
         self._count("written", len(batch))
         self.metrics.storage_batches.inc()
 
@@ -158,6 +172,10 @@ class TraceWriter:
         if not force and time.monotonic() < self._retry_at:
             return
         while journal.pending():
+            # Open: leave the store alone until recovery_timeout; half-open: one probe batch.
+            # At shutdown (force) one last try is worth more than the breaker's caution.
+            if not force and not self.breaker.allow():
+                return
             skipped_before = journal.skipped
             records, offset = journal.read_batch(self.batch_size)
             spans = []
@@ -171,8 +189,10 @@ class TraceWriter:
             try:
                 self.store.write(spans)
             except Exception as exc:
+                self.breaker.failure()
                 self._note_failure(exc)
                 return
+            self.breaker.success()
             journal.ack(offset)
             self._count("replayed", len(spans))
             if not records:

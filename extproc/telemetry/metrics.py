@@ -81,7 +81,8 @@ class Metrics:
         )
         self.unscanned = Counter(
             "extproc_unscanned",
-            "Bodies passed through without analysis, by reason.",
+            "Bodies passed through without analysis, by reason (circuit_open: the analysis "
+            "circuit breaker is open and server.failure_mode is open).",
             ["direction", "reason"],
             registry=r,
         )
@@ -123,6 +124,19 @@ class Metrics:
         self.cache_fallbacks = Counter(
             "extproc_cache_fallbacks",
             "Times Redis failed and counters fell back to this process (degraded).",
+            registry=r,
+        )
+        self.breaker_state = Gauge(
+            "extproc_circuit_breaker_state",
+            "Circuit breaker state per breaker (analysis, storage): 0 closed, 1 half-open, 2 open.",
+            ["breaker"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.breaker_transitions = Counter(
+            "extproc_circuit_breaker_transitions",
+            "Circuit breaker state changes, by breaker and the state entered.",
+            ["breaker", "state"],
             registry=r,
         )
         self.active_streams = Gauge(
@@ -244,6 +258,27 @@ class Metrics:
         self.webhook_queue_depth = Gauge(
             "extproc_webhook_queue_depth",
             "Webhook payloads waiting for a worker.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.alerts = Counter(
+            "extproc_alerts",
+            "Alert events per channel type, by outcome: sent, failed (after retries), "
+            "suppressed (cooldown), skipped (channel not implemented), dropped (queue full or "
+            "given up at shutdown).",
+            ["channel", "outcome"],
+            registry=r,
+        )
+        self.anomalies = Counter(
+            "extproc_anomalies",
+            "Per-tenant anomalies detected, by type (cost_spike, token_spike, velocity_spike, "
+            "latency_spike).",
+            ["type"],
+            registry=r,
+        )
+        self.anomaly_tenants = Gauge(
+            "extproc_anomaly_tenants",
+            "Tenants whose baselines the anomaly detector holds (bounded; least recent evicted).",
             registry=r,
             multiprocess_mode="livesum",
         )

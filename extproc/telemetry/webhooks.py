@@ -5,6 +5,10 @@ is full the event is dropped and counted, because a slow or dead receiver must n
 down or fail requests. Workers POST each payload as JSON, retrying connection errors,
 timeouts, 5xx and 429 with a short exponential backoff; other 4xx mean the receiver
 rejected the payload and a retry would be rejected too.
+
+Other senders (alert channels) pass `on_outcome` to receive the outcomes themselves instead
+of having them counted in the shared `extproc_webhook_*` metrics, which belong to the
+action-router webhook, and `name` so that logs do not print URLs that carry secrets.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -27,6 +32,11 @@ BACKOFF_CAP_S = 2.0  # keeps a retrying payload from holding a worker for long
 def backoff_delay(retry: int) -> float:
     """Seconds to wait before retry number `retry` (1, 2, ...): doubling, capped."""
     return float(min(BACKOFF_BASE_S * 2 ** (retry - 1), BACKOFF_CAP_S))
+
+
+# (event, detail): "delivered", "failed" (detail: the last problem), "dropped" (detail: why)
+# or "retry" (detail: the problem that caused it).
+OutcomeHook = Callable[[str, str], None]
 
 
 def _retryable(status: int) -> bool:
@@ -46,8 +56,11 @@ class WebhookSender:
         queue_size: int,
         metrics: Metrics,
         workers: int = 2,
+        on_outcome: OutcomeHook | None = None,
+        name: str | None = None,
     ) -> None:
         self.url = url
+        self.name = name
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.metrics = metrics
@@ -59,6 +72,7 @@ class WebhookSender:
         self._client: httpx.AsyncClient | None = None
         self._closed = False
         self._closing: asyncio.Future[None] | None = None
+        self._on_outcome = on_outcome
 
     def update(self, *, url: str, timeout_s: float, max_retries: int) -> None:
         """Apply reloaded settings to later attempts (the queue size stays until restart)."""
@@ -74,13 +88,15 @@ class WebhookSender:
     def submit(self, payload: dict[str, Any]) -> bool:
         """Queue a payload without waiting; False (counted as dropped) when full or closed."""
         if self._closed:
-            self._count("dropped")
+            self._count("dropped", "closed")
             return False
         try:
             self._queue.put_nowait(payload)
         except asyncio.QueueFull:
-            self._count("dropped")
-            log.warning("webhook queue full (%d): event dropped", self._queue.maxsize)
+            self._count("dropped", "queue full")
+            log.warning(
+                "webhook %s queue full (%d): event dropped", self._label, self._queue.maxsize
+            )
             return False
         self._depth()
         self._ensure_started()
@@ -102,7 +118,7 @@ class WebhookSender:
             headers={"user-agent": "extproc-webhook"}, follow_redirects=False
         )
         self._workers = [
-            loop.create_task(self._work(), name=f"webhook-sender-{i}")
+            loop.create_task(self._work(), name=f"webhook-sender-{self.name or ''}{i}")
             for i in range(self._workers_wanted)
         ]
 
@@ -128,7 +144,7 @@ class WebhookSender:
         while not self._queue.empty():
             self._queue.get_nowait()
             self._queue.task_done()
-            self._count("dropped")
+            self._count("dropped", "shutdown")
         self._depth()
         if self._client is not None:
             await self._client.aclose()
@@ -141,11 +157,11 @@ class WebhookSender:
             try:
                 await self._deliver(payload)
             except asyncio.CancelledError:
-                self._count("dropped")  # close() gave up on it mid-delivery
+                self._count("dropped", "shutdown")  # close() gave up on it mid-delivery
                 raise
-            except Exception:  # a bug here must not kill the worker and stall the queue
-                log.exception("webhook delivery crashed")
-                self._count("failed")
+            except Exception as exc:  # a bug here must not kill the worker and stall the queue
+                log.exception("webhook %s delivery crashed", self._label)
+                self._count("failed", f"{type(exc).__name__}: {exc}")
             finally:
                 self._queue.task_done()
 
@@ -155,7 +171,10 @@ class WebhookSender:
         problem = ""
         for attempt in range(attempts):
             if attempt:
-                self.metrics.webhook_retries.inc()
+                if self._on_outcome is None:
+                    self.metrics.webhook_retries.inc()
+                else:
+                    self._report("retry", problem)
                 await asyncio.sleep(backoff_delay(attempt))
             try:
                 # A hard bound per attempt: httpx's timeout applies per phase (connect,
@@ -176,11 +195,28 @@ class WebhookSender:
             problem = f"HTTP {response.status_code}"
             if not _retryable(response.status_code):
                 break
-        self._count("failed")
-        log.warning("webhook to %s failed: %s", self.url, problem)
+        self._count("failed", problem)
+        log.warning("webhook %s failed: %s", self._label, problem)
 
-    def _count(self, outcome: str) -> None:
-        self.metrics.inc(self.metrics.webhook_deliveries, outcome)
+    @property
+    def _label(self) -> str:
+        return self.name or f"to {self.url}"
+
+    def _count(self, outcome: str, detail: str = "") -> None:
+        if self._on_outcome is None:
+            self.metrics.inc(self.metrics.webhook_deliveries, outcome)
+        else:
+            self._report(outcome, detail)
+
+    def _report(self, event: str, detail: str) -> None:
+        assert self._on_outcome is not None
+        try:
+            self._on_outcome(event, detail)
+        except Exception:  # the hook's bug must not kill a worker and stall the queue
+            log.exception("webhook %s outcome hook failed", self._label)
 
     def _depth(self) -> None:
-        self.metrics.webhook_queue_depth.set(self._queue.qsize())
+        # With a hook the sender is one of several; a shared gauge set by each would flip
+        # between their depths, so only the action-router sender (no hook) sets it.
+        if self._on_outcome is None:
+            self.metrics.webhook_queue_depth.set(self._queue.qsize())

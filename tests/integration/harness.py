@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +46,19 @@ def wait_until(check: Any, what: str, timeout: float = DEADLINE) -> None:
 class ExtprocThread:
     """The extproc servers on their own event loop in a background thread."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        resolve: Callable[[], Config] | None = None,
+        runtime_overlay: Path | None = None,
+    ) -> None:
         self.config = config
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        future = asyncio.run_coroutine_threadsafe(start_servers(config), self.loop)
+        start = start_servers(config, resolve=resolve, runtime_overlay=runtime_overlay)
+        future = asyncio.run_coroutine_threadsafe(start, self.loop)
         self.handle: ServerHandle = future.result(DEADLINE)
 
     def stop(self) -> None:

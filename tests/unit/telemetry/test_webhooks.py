@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -16,6 +13,7 @@ import pytest
 from extproc.telemetry import webhooks
 from extproc.telemetry.metrics import Metrics
 from extproc.telemetry.webhooks import WebhookSender, backoff_delay
+from tests.receiver import Receiver
 
 PAYLOAD = {
     "source_ip": "198.51.100.10",
@@ -33,40 +31,6 @@ PAYLOAD = {
     ],
     "timestamp": "2023-11-14T22:13:20.250+00:00",
 }
-
-
-class Receiver:
-    """An HTTP server in a thread: answers with the scripted statuses, then 200."""
-
-    def __init__(self) -> None:
-        self.statuses: list[int] = []
-        self.received: list[tuple[str, str, Any]] = []  # (path, content-type, body)
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                receiver.received.append(
-                    (self.path, self.headers["content-type"], json.loads(body))
-                )
-                status = receiver.statuses.pop(0) if receiver.statuses else 200
-                self.send_response(status)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/action-router-webhook"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def test_backoff_doubles_from_200ms_and_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
