@@ -1,4 +1,4 @@
-"""Command line: `extproc serve | up | validate | envoy render`."""
+"""Command line: `extproc serve | up | validate | envoy render | config reference`."""
 
 from __future__ import annotations
 
@@ -183,6 +183,17 @@ def _cmd_envoy_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config_reference(args: argparse.Namespace) -> int:
+    from extproc.config_reference import render_reference
+
+    text = render_reference()
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from extproc.models.install import main as models_main
 
@@ -238,6 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="filter that calls extproc: ext_proc (default) or ext_authz (Check only)",
     )
     render.set_defaults(func=_cmd_envoy_render)
+
+    config = sub.add_parser("config", help="configuration documentation")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    reference = config_sub.add_parser(
+        "reference", help="print the Markdown reference of every setting (docs/reference.md)"
+    )
+    reference.add_argument("--output", "-o", type=Path, help="write to a file instead of stdout")
+    reference.set_defaults(func=_cmd_config_reference)
 
     # These parse their own arguments (`extproc models --help`, `extproc eval --help`).
     models = sub.add_parser(
