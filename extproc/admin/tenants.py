@@ -48,7 +48,13 @@ def now_iso() -> str:
 
 
 def _check_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    if value is not None and len(orjson.dumps(value)) > MAX_METADATA_BYTES:
+    if value is None:
+        return value
+    try:
+        size = len(orjson.dumps(value))
+    except TypeError:  # orjson.JSONEncodeError: e.g. an integer beyond 64 bits
+        raise ValueError("metadata must be JSON with integers within 64 bits") from None
+    if size > MAX_METADATA_BYTES:
         raise ValueError(f"metadata must serialize to at most {MAX_METADATA_BYTES} bytes")
     return value
 
