@@ -89,9 +89,12 @@ schema = schemathesis.openapi.from_asgi("/api-doc/openapi.json", make_app())
 
 
 @schema.parametrize()
+# Derandomized: CI must not fail on a new random draw. To explore, set
+# derandomize=False locally (an integer beyond 64 bits in tenant metadata was found that way).
 @settings(
     max_examples=25,
     deadline=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 def test_every_operation_conforms(case: schemathesis.Case[Any]) -> None:
