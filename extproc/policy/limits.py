@@ -152,13 +152,34 @@ class _LocalBuckets:
         return allowed, tokens
 
 
-class RateLimiter:
-    """A token bucket per tenant: `burst_size` at once, `requests_per_second` sustained."""
+class _RedisBacked:
+    """What both counters share: a Lua script on Redis, a guard that falls back locally."""
+
+    def __init__(
+        self,
+        redis: Any | None,
+        metrics: Metrics,
+        *,
+        prefix: str,
+        clock: Callable[[], float],
+        what: str,
+        script: str,
+    ) -> None:
+        self.prefix = prefix
+        self.clock = clock
+        self._guard = _RedisGuard(redis, metrics, clock, what)
+        self._script: Any = (
+            redis.register_script(_script_text(script)) if redis is not None else None
+        )
 
     @property
     def degraded(self) -> bool:
         """True while Redis is unreachable and this process counts locally."""
         return self._guard.falling_back
+
+
+class RateLimiter(_RedisBacked):
+    """A token bucket per tenant: `burst_size` at once, `requests_per_second` sustained."""
 
     def __init__(
         self,
@@ -169,13 +190,15 @@ class RateLimiter:
         prefix: str = "extproc:",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.config = config
-        self.prefix = prefix
-        self.clock = clock
-        self._guard = _RedisGuard(redis, metrics, clock, "rate limits")
-        self._script: Any = (
-            redis.register_script(_script_text("token_bucket.lua")) if redis is not None else None
+        super().__init__(
+            redis,
+            metrics,
+            prefix=prefix,
+            clock=clock,
+            what="rate limits",
+            script="token_bucket.lua",
         )
+        self.config = config
         self._local = _LocalBuckets()
 
     def reconfigure(self, config: RateLimitingConfig) -> None:
@@ -290,13 +313,8 @@ def _window_sum(
     return total, free_at
 
 
-class BudgetTracker:
+class BudgetTracker(_RedisBacked):
     """Spend per tenant and per capped agent over rolling windows; hard caps deny, soft alert."""
-
-    @property
-    def degraded(self) -> bool:
-        """True while Redis is unreachable and this process counts locally."""
-        return self._guard.falling_back
 
     def __init__(
         self,
@@ -307,13 +325,10 @@ class BudgetTracker:
         prefix: str = "extproc:",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.config = config
-        self.prefix = prefix
-        self.clock = clock
-        self._guard = _RedisGuard(redis, metrics, clock, "budgets")
-        self._script: Any = (
-            redis.register_script(_script_text("budget_window.lua")) if redis is not None else None
+        super().__init__(
+            redis, metrics, prefix=prefix, clock=clock, what="budgets", script="budget_window.lua"
         )
+        self.config = config
         self._local: OrderedDict[str, dict[int, int]] = OrderedDict()
 
     def reconfigure(self, config: CostCapsConfig) -> None:

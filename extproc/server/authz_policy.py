@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 from extproc.dialects.base import DialectError, Segment
 from extproc.dialects.routing import dialect_for_path, parse_json
+from extproc.policy.actions import client_ip
 from extproc.policy.breaker import CircuitOpen
 from extproc.policy.decision import Decision, Verdict, finding_types
 from extproc.policy.gate import Admission, AuthzInput, Caller, Denial
@@ -40,8 +41,6 @@ class AuthzDecider:
 
     async def __call__(self, request: AuthzInput) -> Admission:
         """Admit or deny one request."""
-        from extproc.policy.actions import client_ip
-
         engine = self._engine()
         trace_id = f"{random.getrandbits(128):032x}"
         headers = request.headers
@@ -181,6 +180,4 @@ class AuthzDecider:
         record.status_code = decision.status if decision.blocked else None
         record.finding_types = finding_types(decision.findings)
         record.findings = stored_findings(decision.findings, "request", segments)
-        engine.records.add(record)
-        if engine.writer is not None:
-            engine.writer.submit(record.to_span())
+        engine.store(record)

@@ -187,6 +187,12 @@ class Engine:
         engine._background = self._background
         return engine
 
+    def store(self, record: RequestRecord) -> None:
+        """Keep a finished record in memory and hand it to the storage writer (never blocks)."""
+        self.records.add(record)
+        if self.writer is not None:
+            self.writer.submit(record.to_span())
+
     async def drain(self, seconds: float) -> None:
         """Wait (bounded) for background work such as late-ML records before shutdown."""
         if self._background:
@@ -436,9 +442,7 @@ class RequestProcessor:
                 self.engine.alerts.submit(anomaly.to_alert(record.trace_id))
 
     def _store(self, record: RequestRecord) -> None:
-        self.engine.records.add(record)
-        if self.engine.writer is not None:
-            self.engine.writer.submit(record.to_span())
+        self.engine.store(record)
 
     def _expect_late(self, inspection: Inspection, direction: str, segments: list[Segment]) -> None:
         if inspection.late is not None:
